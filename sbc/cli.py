@@ -1,0 +1,254 @@
+"""The `sbc` command: a thin layer over the Python API.
+
+Exit codes: 0 success (and "calibrated" for check), 1 a check or comparison
+failed, 2 bad input (one line on stderr, never a traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sbc.errors import SBCError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but misuse is one line and exit code 2 (not usage text plus a line)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SBCError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sbc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("setup", help="find or provision CmdStan (idempotent)")
+    p.add_argument("--quiet", action="store_true", help="print only the CmdStan path")
+
+    p = sub.add_parser("recover", help="fit one dataset at a known truth; table + trace plot")
+    p.add_argument("study", type=Path, help="study file (TOML)")
+    p.add_argument("--seed", type=_seed, help="override the study's seed")
+    p.add_argument("--stan", type=Path, help="override the study's Stan program")
+    p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
+    p = sub.add_parser("run", help="run or resume an SBC study")
+    p.add_argument("study", type=Path, help="study file (TOML)")
+    p.add_argument("--sims", type=_positive_int, help="number of simulations")
+    p.add_argument("--workers", type=_positive_int, help="parallel worker processes")
+    p.add_argument("--seed", type=_seed, help="master seed")
+    p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
+    p.add_argument("--scheduler", help="'local' (default), 'local:N' or tcp://host:port (dask)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun failed simulations")
+    p.add_argument("--new", action="store_true", help="start over in a new results folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (for CI logs)")
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a study's results")
+    p.add_argument("results", type=Path, help="results folder")
+    p.add_argument("--out", type=Path, help="HTML file (default RESULTS/report.html)")
+    p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
+
+    p = sub.add_parser("check", help="verdict table; exit 0 calibrated, 1 not, 2 bad input")
+    p.add_argument("results", type=Path, help="results folder")
+    p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
+    p.add_argument("--max-divergent-share", type=_probability, metavar="X",
+                   help="fail if more than this share of fits diverged")  # fmt: skip
+    p.add_argument("--max-failed-share", type=_probability, metavar="X",
+                   help="fail if more than this share of simulations failed")  # fmt: skip
+
+    p = sub.add_parser("compare", help="paired comparison of two models on the same datasets")
+    p.add_argument("baseline", type=Path, help="results folder or study file (runs it first)")
+    p.add_argument("candidate", type=Path, help="results folder or study file (runs it first)")
+    p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _version() -> str:
+    from sbc import __version__
+
+    return f"sbc {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return _COMMANDS[args.command](args)
+    except SBCError as exc:
+        print(f"sbc: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sbc: interrupted; finished simulations are stored (run again to resume)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from sbc.cmdstan import cmdstan_version, ensure_cmdstan
+
+    path = ensure_cmdstan(progress=not args.quiet)
+    if args.quiet:
+        print(path)
+    else:
+        print(f"CmdStan {cmdstan_version(path)} at {path}")
+    return 0
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from sbc.recover import recover
+    from sbc.study import load_study
+
+    study = load_study(args.study).with_overrides(seed=args.seed, out=args.out, stan=args.stan)
+    result = recover(study, progress=not args.quiet)
+    _print_recovery(result)
+    return 0
+
+
+def _print_recovery(result) -> None:
+    import pandas as pd
+
+    table = result.table.copy()
+    table["covered90"] = table["covered90"].map({True: "yes", False: "NO"})
+    with pd.option_context("display.max_rows", 500, "display.width", 120):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    d = result.diagnostics
+    print()
+    keys = ("divergences", "treedepth_hits", "ebfmi_min", "rhat_max", "ess_bulk_min",
+            "ess_tail_min", "stepsize")  # fmt: skip
+    shown = [f"{k}={d[k]:.3g}" if isinstance(d[k], float) else f"{k}={d[k]}"
+             for k in keys if k in d]  # fmt: skip
+    print("diagnostics: " + ", ".join(shown))
+    covered = int((result.table["covered90"]).sum())
+    print(f"90% intervals cover the truth for {covered} of {len(result.table)} quantities")
+    print(f"trace plot: {result.trace_png}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sbc.runner import run
+
+    folder = run(
+        args.study,
+        sims=args.sims,
+        seed=args.seed,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        out=args.out,
+        retry_failed=args.retry_failed,
+        new=args.new,
+        progress=not args.quiet,
+    )
+    from sbc.results import load
+
+    sims = load(folder).simulations
+    failed = int((sims["status"] == "failed").sum())
+    print(f"{len(sims)} simulations stored in {folder} ({failed} failed)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sbc.report import write_report
+
+    print(f"report: {write_report(args.results, out=args.out, alpha=args.alpha)}")
+    return 0
+
+
+def _table(df) -> str:
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 1000, "display.width", 160):
+        return df.to_string(index=False, float_format=lambda v: f"{v:.3g}")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from sbc.checks import check
+
+    outcome = check(
+        args.results,
+        alpha=args.alpha,
+        max_divergent_share=args.max_divergent_share,
+        max_failed_share=args.max_failed_share,
+    )
+    cols = ["quantity", "n", "log_gamma_ratio", "p_value", "p_holm", "coverage90", "shape"]
+    print(_table(outcome.verdicts[cols]))
+    print()
+    if outcome.passed:
+        print(f"calibrated: no quantity rejected at alpha = {args.alpha} "
+              f"(Holm-adjusted over {len(outcome.verdicts)} tests)")  # fmt: skip
+        return 0
+    print("NOT calibrated:")
+    for reason in outcome.reasons:
+        print(f"  {reason}")
+    return 1
+
+
+def _results_of(path: Path, quiet: bool) -> Path:
+    """A results folder as given, or the results of a study file (run or resumed first)."""
+    if path.suffix == ".toml":
+        from sbc.runner import run
+
+        return run(path, progress=not quiet)
+    return path
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from sbc.checks import compare
+
+    a = _results_of(args.baseline, args.quiet)
+    b = _results_of(args.candidate, args.quiet)
+    result = compare(a, b, alpha=args.alpha)
+    print(f"paired on {result.n_paired} simulated datasets: baseline {a}, candidate {b}")
+    print(_table(result.table))
+    print()
+    if result.worse:
+        print(f"candidate is worse calibrated on: {', '.join(result.worse)}")
+        return 1
+    print("candidate is calibrated at least as well as the baseline on every quantity")
+    return 0
+
+
+_COMMANDS = {
+    "setup": _setup,
+    "recover": _recover,
+    "run": _run,
+    "report": _report,
+    "check": _check,
+    "compare": _compare,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Figures of SBC results: rank histograms, ECDF differences, coverage, trace plots.
+
+Each function takes DataFrames (or a draws dict) and returns a matplotlib `Figure` with
+one small panel per quantity, titled with its CmdStan name. Figures are built without
+pyplot (no global state, no GUI backend; they render with Agg) and written by `save`.
+All statistics come from `sbc.calibration`; nothing is recomputed here.
+
+Group-level matrices such as b[j,q] get one pooled panel per column (`b[*,q]`), plus
+individual panels only for the first few groups (`max_group_members`), so a study with
+many groups stays readable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MultipleLocator, PercentFormatter
+
+from sbc import calibration as cal
+from sbc.ranks import scalar_names
+
+MAX_COLS = 5
+MAX_PANELS = 40
+MAX_GROUP_MEMBERS = 4
+
+_BAR = "#4C72B0"
+_BAND = "#9ecae1"
+_GREY = "#b0b0b0"
+_PANEL_W, _PANEL_H = 2.7, 2.0
+
+
+def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write `fig` as PNG (or whatever the suffix says), creating folders; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def _grid(n: int, max_cols: int, title: str) -> tuple[Figure, list[Axes]]:
+    """A figure with exactly n panels in rows of at most max_cols."""
+    n = max(n, 1)
+    ncols = min(max_cols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(_PANEL_W * ncols, _PANEL_H * nrows + 0.5), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    fig.suptitle(title, fontsize=10)
+    for ax in axes[:n]:
+        ax.tick_params(labelsize=7)
+    return fig, axes[:n]
+
+
+def _select(
+    panels: list[cal.Panel], max_group_members: int, max_panels: int
+) -> tuple[list[cal.Panel], str]:
+    """Scalars and pooled panels, members of each group up to the cap, at most max_panels."""
+    seen: dict[str, int] = {}
+    kept, dropped_members = [], 0
+    for p in panels:
+        if p.kind == "member":
+            key = cal.pooled_name(p.name)
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] > max_group_members:
+                dropped_members += 1
+                continue
+        kept.append(p)
+    notes = []
+    if dropped_members:
+        notes.append(f"first {max_group_members} groups shown individually")
+    if len(kept) > max_panels:
+        notes.append(f"first {max_panels} of {len(kept)} panels")
+        kept = kept[:max_panels]
+    return kept, ("; " + "; ".join(notes)) if notes else ""
+
+
+def _panels(
+    ranks_df: pd.DataFrame,
+    groups: bool | Iterable[str],
+    max_group_members: int,
+    max_panels: int,
+) -> tuple[list[cal.Panel], str]:
+    if ranks_df.empty:
+        raise ValueError("the ranks table is empty: nothing to plot")
+    return _select(cal.quantity_panels(ranks_df, groups), max_group_members, max_panels)
+
+
+def _title(ax: Axes, panel: cal.Panel) -> None:
+    label = panel.name + ("  (pooled)" if panel.kind == "pooled" else "")
+    ax.set_title(label, fontsize=9)
+
+
+def _study_label(ranks_df: pd.DataFrame) -> str:
+    Ls = sorted(set(ranks_df["L"].astype(int)))
+    L = str(Ls[0]) if len(Ls) == 1 else f"{Ls[0]}–{Ls[-1]}"
+    return f"{ranks_df['sim'].nunique()} simulations, L = {L}"
+
+
+def _steps(values: np.ndarray) -> np.ndarray:
+    """Repeat the last value so step='post' fills the last interval too."""
+    return np.append(values, values[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def rank_histograms(
+    ranks_df: pd.DataFrame,
+    bins: int | None = None,
+    level: float = 0.99,
+    groups: bool | Iterable[str] = True,
+    max_group_members: int = MAX_GROUP_MEMBERS,
+    max_cols: int = MAX_COLS,
+    max_panels: int = MAX_PANELS,
+) -> Figure:
+    """Histograms of ranks with the grey band each bin's count stays in with probability
+    `level` under uniformity, and the expected count (Talts et al. 2018).
+
+    ∪ = posterior too narrow, ∩ = too wide, mass on the right = truth above the draws
+    (posterior biased down), on the left = biased up.
+    """
+    panels, note = _panels(ranks_df, groups, max_group_members, max_panels)
+    title = (
+        f"Rank histograms ({_study_label(ranks_df)}); grey: {level:.0%} band of each bin "
+        f"under uniformity, black: expected count{note}"
+    )
+    fig, axes = _grid(len(panels), max_cols, title)
+    for ax, panel in zip(axes, panels, strict=True):
+        ranks, L = cal.common_ranks(panel.rows)
+        edges, counts, expected, lo, hi = cal.histogram_band(
+            ranks, L, bins=bins, level=level, clusters=panel.clusters
+        )
+        ax.fill_between(edges, _steps(lo), _steps(hi), step="post", color=_GREY, alpha=0.45, lw=0)
+        for bound in (lo, hi):
+            ax.step(edges, _steps(bound), where="post", color="0.4", lw=0.6, zorder=4)
+        ax.bar(
+            edges[:-1],
+            counts,
+            width=np.diff(edges),
+            align="edge",
+            color=_BAR,
+            alpha=0.6,
+            edgecolor="white",
+            linewidth=0.5,
+            zorder=3,
+        )
+        ax.step(edges, _steps(expected), where="post", color="black", lw=0.9, zorder=5)
+        ax.set_xlim(0, L + 1)
+        ax.set_ylim(0, max(counts.max(), hi.max()) * 1.08)
+        ax.set_xlabel("rank", fontsize=7)
+        _title(ax, panel)
+    return fig
+
+
+def ecdf_diff(
+    ranks_df: pd.DataFrame,
+    alpha: float = cal.BAND_ALPHA,
+    groups: bool | Iterable[str] = True,
+    max_group_members: int = MAX_GROUP_MEMBERS,
+    max_cols: int = MAX_COLS,
+    max_panels: int = MAX_PANELS,
+) -> Figure:
+    """ECDF of the fractional ranks minus the uniform CDF, F(z) − z, with the simultaneous
+    (1 − alpha) band (shaded), as R SBC's `plot_ecdf_diff`: a calibrated quantity stays
+    inside the band everywhere with probability 1 − alpha.
+
+    Reading it: above zero = too many low ranks (posterior biased up), below zero = too
+    many high ranks (biased down); above zero on the left and below on the right = ∪
+    (posterior too narrow); the reverse = ∩ (too wide).
+    Pooled panels use the cluster-robust band of `calibration.pooled_ecdf_test`.
+    """
+    panels, note = _panels(ranks_df, groups, max_group_members, max_panels)
+    title = (
+        f"ECDF difference F(z) − z ({_study_label(ranks_df)}); "
+        f"shaded: {1 - alpha:.0%} simultaneous band{note}"
+    )
+    fig, axes = _grid(len(panels), max_cols, title)
+    for ax, panel in zip(axes, panels, strict=True):
+        ranks, L = cal.common_ranks(panel.rows)
+        if panel.clusters is None:
+            z, d = cal.ecdf_diff(ranks, L)
+            zb, lo, hi = cal.ecdf_band(ranks.size, L, alpha)
+        else:
+            res = cal.pooled_ecdf_test(ranks, L, panel.clusters, alpha=alpha)
+            z, d = cal.pooled_ecdf_diff(ranks, L, panel.clusters)
+            zb, lo, hi = res.z, res.lower, res.upper
+        ax.fill_between(zb, lo - zb, hi - zb, step="post", color=_BAND, alpha=0.6, lw=0)
+        ax.axhline(0, color=_GREY, lw=0.6, ls="--")
+        ax.step(z, d, where="post", color="black", lw=1.0)
+        ax.set_xlim(0, 1)
+        lim = max(np.abs(hi - zb).max(), np.abs(lo - zb).max(), np.abs(d).max()) * 1.1
+        ax.set_ylim(-lim, lim)
+        ax.set_xlabel("z (fractional rank)", fontsize=7)
+        _title(ax, panel)
+    return fig
+
+
+def coverage_plot(
+    ranks_df: pd.DataFrame,
+    confidence: float = 0.95,
+    groups: bool | Iterable[str] = True,
+    max_group_members: int = MAX_GROUP_MEMBERS,
+    max_cols: int = MAX_COLS,
+    max_panels: int = MAX_PANELS,
+) -> Figure:
+    """Empirical vs nominal coverage of the central 50/80/90/95 % intervals, with exact
+    Clopper–Pearson `confidence` intervals (Korn–Graubard for pooled panels) and the
+    diagonal. Points below the diagonal = intervals too narrow (overconfident)."""
+    panels, note = _panels(ranks_df, groups, max_group_members, max_panels)
+    table = cal.coverage_table(ranks_df, confidence=confidence, groups=groups)
+    title = (
+        f"Coverage of central intervals ({_study_label(ranks_df)}); "
+        f"bars: {confidence:.0%} Clopper–Pearson{note}"
+    )
+    fig, axes = _grid(len(panels), max_cols, title)
+    for ax, panel in zip(axes, panels, strict=True):
+        rows = table[table["quantity"] == panel.name].sort_values("nominal")
+        est, lo, hi = (rows[c].to_numpy() for c in ("estimate", "lo", "hi"))
+        bottom = min(0.4, float(np.nanmin(lo)) - 0.03)
+        ax.plot([bottom, 1], [bottom, 1], color=_GREY, lw=0.8, ls="--")
+        ax.errorbar(
+            rows["nominal"],
+            est,
+            yerr=[est - lo, hi - est],
+            fmt="o",
+            ms=3.5,
+            color=_BAR,
+            ecolor=_BAR,
+            elinewidth=1.2,
+            capsize=2,
+        )
+        ax.set_xlim(bottom, 1.0)
+        ax.set_ylim(bottom, 1.0)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MultipleLocator(0.2))
+            axis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_xlabel("nominal", fontsize=7)
+        _title(ax, panel)
+    return fig
+
+
+def trace_plot(
+    draws: Mapping[str, np.ndarray],
+    variables: list[str] | None = None,
+    max_panels: int = MAX_PANELS,
+    max_cols: int = MAX_COLS,
+) -> Figure:
+    """Trace plots (as rstan::traceplot): one panel per scalar component, one line per chain.
+
+    `draws` maps Stan variable names to (chains, draws, *shape) arrays. By default the
+    population effects `beta` and group effects `b` are shown (all variables if neither
+    exists); at most `max_panels` panels, and the title says when some were left out.
+    """
+    if variables is None:
+        variables = [v for v in ("beta", "b") if v in draws] or list(draws)
+    missing = [v for v in variables if v not in draws]
+    if missing:
+        raise ValueError(f"no draws for {', '.join(missing)}")
+    series: list[tuple[str, np.ndarray]] = []
+    for var in variables:
+        arr = np.asarray(draws[var], dtype=float)
+        if arr.ndim < 2:
+            raise ValueError(f"draws of {var} must be shaped (chains, draws, ...)")
+        flat = arr.reshape(arr.shape[0], arr.shape[1], -1)
+        for i, name in enumerate(scalar_names(var, arr.shape[2:])):
+            series.append((name, flat[:, :, i]))
+    total = len(series)
+    series = series[:max_panels]
+    chains, n = series[0][1].shape if series else (0, 0)
+    title = f"Trace plots ({chains} chains × {n} draws)"
+    if total > len(series):
+        title += f"; first {len(series)} of {total} panels"
+    fig, axes = _grid(len(series), max_cols, title)
+    colours = [f"C{i % 10}" for i in range(chains)]
+    for ax, (name, x) in zip(axes, series, strict=False):
+        for c in range(chains):
+            ax.plot(np.arange(1, n + 1), x[c], color=colours[c], lw=0.5, alpha=0.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(1, n)
+    if series and chains > 1:
+        fig.legend(
+            axes[0].lines[:chains],
+            [f"chain {c + 1}" for c in range(chains)],
+            loc="outside lower center",
+            ncols=min(chains, 8),
+            fontsize=8,
+            frameon=False,
+        )
+    return fig

@@ -1,0 +1,134 @@
+"""From one simulation's truth and posterior draws to one row per scalar quantity.
+
+Pure functions. Names follow CmdStan (`tau[1]`, `b[3,2]`), so the quantities a
+user sees are the ones in their Stan program's output.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from sbc.store import INTERVALS
+
+DerivedQuantity = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], np.ndarray]
+
+
+def scalar_names(name: str, shape: tuple[int, ...]) -> list[str]:
+    """CmdStan's names for the components of a variable, in row-major order."""
+    if not shape:
+        return [name]
+    return [
+        f"{name}[{','.join(str(i + 1) for i in idx)}]"
+        for idx in itertools.product(*(range(n) for n in shape))
+    ]
+
+
+def expand(name: str, value: Any) -> dict[str, float]:
+    """A variable's value as {scalar name: float}."""
+    arr = np.asarray(value, dtype=float)
+    return dict(zip(scalar_names(name, arr.shape), arr.ravel().tolist(), strict=True))
+
+
+def thin(draws: np.ndarray, every: int) -> np.ndarray:
+    """Every `every`-th draw of each chain, chains concatenated: (chains, draws, ...) -> (L, ...)"""
+    kept = draws[:, ::every]
+    return kept.reshape(-1, *draws.shape[2:])
+
+
+def rank_of_truth(truth: np.ndarray, draws: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Ranks of `truth` (Q,) among `draws` (L, Q): draws below, plus a uniform share of ties.
+
+    Ties are broken at random so that ranks stay uniform on 0..L for discrete
+    quantities and for quantities that are constant in the model.
+    """
+    below = (draws < truth).sum(axis=0)
+    ties = (draws == truth).sum(axis=0)
+    return below + rng.integers(0, ties + 1)
+
+
+def interval_hits(truth: np.ndarray, draws: np.ndarray) -> dict[str, np.ndarray]:
+    """Whether each central interval of the draws covers the truth: {"hit90": (Q,) bool, ...}."""
+    probs = sorted({p for c in INTERVALS for p in ((1 - c / 100) / 2, (1 + c / 100) / 2)})
+    q = dict(zip(probs, np.quantile(draws, probs, axis=0), strict=True))
+    hits = {}
+    for c in INTERVALS:
+        lo, hi = q[(1 - c / 100) / 2], q[(1 + c / 100) / 2]
+        hits[f"hit{c}"] = (lo <= truth) & (truth <= hi)
+    return hits
+
+
+def rank_rows(
+    truth: Mapping[str, Any],
+    draws: Mapping[str, np.ndarray],
+    *,
+    thin_every: int,
+    rng: np.random.Generator,
+    quantities: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per scalar quantity: truth, rank among the thinned draws, mean, sd, interval hits.
+
+    `truth` maps variable names to values, `draws` maps them to (chains, draws, *shape)
+    arrays. Only variables with a truth are ranked; `quantities` (scalar names)
+    narrows that further. Rank order is the sorted scalar names, so the tie-breaking
+    random numbers do not depend on dictionary order.
+    """
+    names: list[str] = []
+    truths: list[float] = []
+    columns: list[np.ndarray] = []
+    for var in sorted(truth):
+        value = np.asarray(truth[var], dtype=float)
+        d = np.asarray(draws[var], dtype=float)
+        flat_draws = d.reshape(d.shape[0], d.shape[1], -1)
+        for i, scalar in enumerate(scalar_names(var, value.shape)):
+            if quantities is None or scalar in quantities:
+                names.append(scalar)
+                truths.append(float(value.ravel()[i]))
+                columns.append(flat_draws[:, :, i])
+    if not names:
+        return []
+    full = np.stack(columns, axis=-1)  # (chains, draws, Q)
+    t = np.asarray(truths)
+    all_draws = full.reshape(-1, len(names))
+    kept = thin(full, thin_every)
+    ranks = rank_of_truth(t, kept, rng)
+    hits = interval_hits(t, all_draws)
+    mean = all_draws.mean(axis=0)
+    sd = all_draws.std(axis=0, ddof=1) if all_draws.shape[0] > 1 else np.zeros(len(names))
+    return [
+        {
+            "quantity": name,
+            "truth": t[i],
+            "rank": int(ranks[i]),
+            "L": kept.shape[0],
+            "mean": float(mean[i]),
+            "sd": float(sd[i]),
+            **{k: bool(v[i]) for k, v in hits.items()},
+        }
+        for i, name in enumerate(names)
+    ]
+
+
+def derived_truth_and_draws(
+    functions: Mapping[str, DerivedQuantity],
+    truth: Mapping[str, Any],
+    draws: Mapping[str, np.ndarray],
+    data: Mapping[str, Any],
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Evaluate derived test quantities f(params, data) at the truth and at every draw.
+
+    Each function receives parameters with a leading draw axis (S, *shape) and
+    returns (S,). The truth is evaluated as a batch of one.
+    """
+    chains, n = next(iter(draws.values())).shape[:2]
+    flat = {k: np.asarray(v).reshape(chains * n, *np.shape(v)[2:]) for k, v in draws.items()}
+    one = {k: np.asarray(v, dtype=float)[None, ...] for k, v in truth.items()}
+    t_out: dict[str, float] = {}
+    d_out: dict[str, np.ndarray] = {}
+    for name, f in functions.items():
+        t_out[name] = float(np.asarray(f(one, data)).reshape(-1)[0])
+        d_out[name] = np.asarray(f(flat, data), dtype=float).reshape(chains, n)
+    return t_out, d_out

@@ -1,0 +1,50 @@
+"""Reading a study's results back: `sbc.load(folder)`.
+
+Works on a study that is still running (SQLite WAL lets readers in while the
+runner writes) and on a finished one alike.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sbc.store import Store
+
+
+@dataclass
+class Results:
+    folder: Path
+    manifest: dict[str, Any]
+    simulations: pd.DataFrame  # one row per simulation, failed ones included
+    ranks: pd.DataFrame  # one row per (successful simulation, quantity)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("study", {}).get("name", self.folder.name)
+
+    def draws(self, sim: int) -> dict[str, np.ndarray] | None:
+        """Thinned draws of one simulation, if the study kept them (`keep_draws = true`)."""
+        with Store.open_for_reading(self.folder) as store:
+            blob = store.kept_draws(sim)
+        if blob is None:
+            return None
+        with np.load(io.BytesIO(blob)) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
+def load(folder: str | Path) -> Results:
+    """Simulations and ranks of a study as pandas DataFrames."""
+    folder = Path(folder)
+    with Store.open_for_reading(folder) as store:
+        return Results(
+            folder=store.path.parent,
+            manifest=store.manifest(),
+            simulations=store.simulations(),
+            ranks=store.ranks(),
+        )

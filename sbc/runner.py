@@ -1,0 +1,542 @@
+"""Run a study: one task per simulation, on worker processes, each result stored as it arrives.
+
+Data flows one way: study -> simulate -> fit -> ranks -> store. A simulation's
+seeds come from (study seed, simulation index) alone, so results do not depend on
+the number of workers, the order of completion, or interruptions and resumption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sbc import __version__
+from sbc.backends import Backend
+from sbc.callables import call_simulator, check_deterministic, load_callable, source_hash
+from sbc.errors import SBCError
+from sbc.ranks import derived_truth_and_draws, rank_rows, scalar_names
+from sbc.store import SimulationResult, Store
+from sbc.study import Study, available_cores, load_study
+
+# -- seeds ---------------------------------------------------------------------------------------
+
+
+def simulation_seeds(master: int, sim: int) -> tuple[np.random.Generator, int, np.random.Generator]:
+    """(simulator rng, inference seed, tie-breaking rng) for one simulation: a pure function."""
+    seq = np.random.SeedSequence(master, spawn_key=(sim,))
+    sim_seq, rank_seq = seq.spawn(2)
+    fit_seed = int(seq.generate_state(1, dtype=np.uint32)[0] >> 1)  # CmdStan wants < 2**31
+    return np.random.default_rng(sim_seq), fit_seed, np.random.default_rng(rank_seq)
+
+
+# -- backends ------------------------------------------------------------------------------------
+
+
+def make_backend(study: Study, parallel_chains: int = 1) -> Backend:
+    """The study's backend, configured but not yet prepared (not compiled)."""
+    s = study.sampler
+    if study.backend.type == "exact":
+        from sbc.backends.exact import ExactNormalBackend
+
+        opts = study.backend.options
+        return ExactNormalBackend(
+            chains=s.chains,
+            draws_per_chain=int(opts.get("draws", s.draws)),
+            sd_scale=float(opts.get("sd_scale", 1.0)),
+            shift=float(opts.get("shift", 0.0)),
+        )
+    from sbc.backends.cmdstan import CmdStanBackend
+
+    assert study.stan is not None
+    return CmdStanBackend(
+        stan_file=study.stan,
+        chains=s.chains,
+        warmup=s.warmup,
+        draws_per_chain=s.draws,
+        adapt_delta=s.adapt_delta,
+        max_treedepth=s.max_treedepth,
+        timeout=s.timeout,
+        parallel_chains=parallel_chains,
+    )
+
+
+# -- one simulation (runs in a worker) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs for one simulation; small and picklable."""
+
+    sim: int
+    master_seed: int
+    simulator: str
+    simulator_args: dict[str, Any]
+    backend: Backend
+    thin: int
+    quantities: tuple[str, ...]
+    derived: dict[str, str]
+    keep_draws: bool
+    tmp_root: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_simulation(task: Task) -> SimulationResult:
+    """Simulate, fit, rank. Never raises: a failure is a result with status 'failed'."""
+    t0 = time.perf_counter()
+    sim_rng, fit_seed, rank_rng = simulation_seeds(task.master_seed, task.sim)
+    timings: dict[str, float] = {}
+    stage = "simulator"
+    workdir = Path(tempfile.mkdtemp(prefix=f"sim{task.sim}-", dir=task.tmp_root))
+    _CURRENT_WORKDIR[0] = workdir
+    fit = None
+    try:
+        truth, data = call_simulator(task.simulator, sim_rng, task.simulator_args)
+        timings["simulate_seconds"] = time.perf_counter() - t0
+        stage = "fit"
+        t1 = time.perf_counter()
+        with _captured_output():
+            fit = task.backend.fit(data, fit_seed, workdir)
+            draws = task.backend.draws(fit)
+            diagnostics = task.backend.diagnostics(fit)
+        timings["fit_seconds"] = time.perf_counter() - t1
+        stage = "ranks"
+        t2 = time.perf_counter()
+        missing = sorted(set(truth) - set(draws))
+        if missing:
+            raise SBCError(f"the model does not produce {', '.join(missing)}")
+        for name in truth:
+            want, got = np.shape(truth[name]), draws[name].shape[2:]
+            if want != got:
+                raise SBCError(f"truth {name} has shape {want} but the model's {name} is {got}")
+        if task.derived:
+            stage = "derived quantities"
+            d_truth, d_draws = derived_truth_and_draws(
+                {k: load_callable(v) for k, v in task.derived.items()}, truth, draws, data
+            )
+            truth = {**truth, **d_truth}
+            draws = {**draws, **d_draws}
+            stage = "ranks"
+        rows = rank_rows(
+            truth,
+            draws,
+            thin_every=task.thin,
+            rng=rank_rng,
+            quantities=list(task.quantities) or None,
+        )
+        kept = _npz({k: v[:, :: task.thin] for k, v in draws.items()}) if task.keep_draws else None
+        timings["rank_seconds"] = time.perf_counter() - t2
+        timings["wall_seconds"] = time.perf_counter() - t0
+        return SimulationResult(
+            sim=task.sim,
+            seed=fit_seed,
+            status="ok",
+            diagnostics={**diagnostics, **timings},
+            ranks=rows,
+            draws_npz=kept,
+        )
+    except Exception as exc:  # recorded, never raised: one bad simulation must not stop a study
+        timings["wall_seconds"] = time.perf_counter() - t0
+        return SimulationResult(
+            sim=task.sim,
+            seed=fit_seed,
+            status="failed",
+            error=f"{stage}: {_one_line(exc)}",
+            diagnostics=timings,
+        )
+    finally:
+        if fit is not None:
+            task.backend.close(fit)
+        shutil.rmtree(workdir, ignore_errors=True)
+        _CURRENT_WORKDIR[0] = None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    if isinstance(exc, SBCError):
+        return msg
+    if not msg:
+        frame = traceback.extract_tb(exc.__traceback__)[-1:]
+        msg = f"at {frame[0].filename}:{frame[0].lineno}" if frame else ""
+    return f"{type(exc).__name__}: {msg}"
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[None]:
+    """Swallow prints from backends and user code so they do not break the progress bar."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+_CURRENT_WORKDIR: list[Path | None] = [None]
+
+
+def _worker_init() -> None:
+    """Make each worker its own process group and tie its life to the runner's.
+
+    If the runner dies (even by SIGKILL) the worker notices its parent changed,
+    removes its temporary folder and kills its whole group: the CmdStan
+    processes it started go with it.
+    """
+    os.setpgrp()
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+        workdir = _CURRENT_WORKDIR[0]
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="sbc-parent-watch").start()
+
+
+# -- the study -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """A validated study, ready to run: what `sbc run` checks before it touches any results."""
+
+    study: Study
+    backend: Backend
+    quantities: list[str]
+    workers: int
+
+
+def plan(study: Study, progress: bool = True) -> Plan:
+    """Check everything that can be checked before running; compile the model."""
+    where = str(study.path or study.name)
+    # The simulator: importable, uses only its rng, returns numeric truths.
+    check_deterministic(study.simulator.function, study.simulator.args, study.seed)
+    truth, _ = call_simulator(
+        study.simulator.function, simulation_seeds(study.seed, 0)[0], study.simulator.args
+    )
+    for spec in study.quantities.derived.values():
+        load_callable(spec)
+    workers = study.workers()
+    cores = available_cores()
+    parallel_chains = max(1, min(study.sampler.chains, cores // max(1, workers)))
+    backend = make_backend(study, parallel_chains=parallel_chains)
+    backend.prepare(progress=progress)
+    produced = backend.variables()
+    if produced is not None:
+        for name, value in truth.items():
+            if name not in produced:
+                raise SBCError(
+                    f"the simulator's truth has {name!r}, which the model does not produce "
+                    f"(it has: {', '.join(sorted(produced))})",
+                    where=where,
+                )
+            if produced[name] != np.ndim(value):
+                raise SBCError(
+                    f"truth {name!r} has {np.ndim(value)} dimensions but the model's {name} "
+                    f"has {produced[name]}",
+                    where=where,
+                )
+    available = [s for var, v in sorted(truth.items()) for s in scalar_names(var, np.shape(v))]
+    # derived quantities are named in the study on purpose: always ranked
+    quantities = _select(study.quantities.include, available, where)
+    quantities += list(study.quantities.derived)
+    return Plan(study=study, backend=backend, quantities=quantities, workers=workers)
+
+
+def _select(include: tuple[str, ...], available: list[str], where: str) -> list[str]:
+    """Scalar names to rank: all, or those named (a variable name selects all its components)."""
+    if not include:
+        return available
+    chosen: list[str] = []
+    for name in include:
+        matches = [a for a in available if a == name or a.startswith(name + "[")]
+        if not matches:
+            raise SBCError(
+                f"[quantities] include: {name!r} is not among the ranked quantities "
+                f"(the simulator's truth and derived quantities)",
+                where=where,
+            )
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+def run(
+    study: Study | str | Path,
+    *,
+    sims: int | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    out: str | Path | None = None,
+    retry_failed: bool = False,
+    new: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run (or resume) a study; returns its results folder. The Python face of `sbc run`."""
+    if not isinstance(study, Study):
+        study = load_study(study)
+    study = study.with_overrides(
+        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out
+    )
+    p = plan(study, progress=progress)
+    folder = study.results_dir
+    if new:
+        folder = _fresh_folder(folder)
+    with _results_lock(folder):
+        store = Store.open_for_writing(folder)
+        try:
+            _check_resumable(store, p)
+            _record_manifest(store, p)
+            return _execute(p, store, folder, retry_failed=retry_failed, progress=progress)
+        finally:
+            store.close()
+
+
+def _fresh_folder(folder: Path) -> Path:
+    if not folder.exists():
+        return folder
+    n = 2
+    while folder.with_name(f"{folder.name}-{n}").exists():
+        n += 1
+    return folder.with_name(f"{folder.name}-{n}")
+
+
+@contextlib.contextmanager
+def _results_lock(folder: Path) -> Iterator[None]:
+    """One writer per results folder; a second `sbc run` is refused at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SBCError(
+                "another sbc run is writing these results; wait for it or use --out",
+                where=str(folder),
+            ) from None
+        yield
+
+
+def _identity(p: Plan) -> dict[str, Any]:
+    study = p.study
+    ident = {
+        "study": study.identity_hash(),
+        "simulator_source": source_hash(study.simulator.function),
+    }
+    if study.stan is not None:
+        import hashlib
+
+        ident["stan_source"] = hashlib.sha256(study.stan.read_bytes()).hexdigest()[:16]
+    return ident
+
+
+def _check_resumable(store: Store, p: Plan) -> None:
+    old = store.manifest().get("identity")
+    if old is None:
+        return
+    new = _identity(p)
+    for key, label in (
+        ("stan_source", "the Stan program"),
+        ("study", "the study's settings (seed, simulator, sampler, quantities, backend)"),
+        ("simulator_source", "the simulator's source file"),
+    ):
+        if old.get(key) != new.get(key):
+            raise SBCError(
+                f"{label} changed since these results were written; "
+                f"use --new to start over in a new folder, or --out elsewhere",
+                where=str(store.path.parent),
+            )
+
+
+def _record_manifest(store: Store, p: Plan) -> None:
+    import dataclasses
+    import platform
+
+    study = p.study
+    manifest = store.manifest()
+    entries: dict[str, Any] = {
+        "identity": _identity(p),
+        "study": {
+            **{k: v for k, v in dataclasses.asdict(study).items() if k not in ("path", "out")},
+            "path": str(study.path) if study.path else None,
+            "stan": str(study.stan) if study.stan else None,
+        },
+        "quantities": p.quantities,
+        "sims": max(study.sims, manifest.get("sims", 0)),
+        "backend": p.backend.manifest(),
+        "versions": {"sbc": __version__, "python": platform.python_version()},
+        "last_run_started": _now(),
+    }
+    if study.stan is not None:
+        entries["stan_source"] = study.stan.read_text()
+    if "started" not in manifest:
+        entries["started"] = entries["last_run_started"]
+    store.update_manifest(entries)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _execute(p: Plan, store: Store, folder: Path, retry_failed: bool, progress: bool) -> Path:
+    study = p.study
+    done = store.done(include_failed=not retry_failed)
+    todo = [i for i in range(study.sims) if i not in done]
+    tmp_root = folder / ".tmp"
+    shutil.rmtree(tmp_root, ignore_errors=True)  # left by a killed run; we hold the lock
+    tmp_root.mkdir()
+    task_of = _task_factory(p, str(tmp_root))
+    bar = _progress_bar(study.sims, len(done & set(range(study.sims))), progress)
+    counts = {"failed": 0, "divergent": 0}
+    try:
+        for result in _map_unordered(task_of, todo, p.workers, study.parallel.scheduler, tmp_root):
+            store.add(result)
+            counts["failed"] += result.status == "failed"
+            counts["divergent"] += (result.diagnostics.get("divergences") or 0) > 0
+            bar.set_postfix(failed=counts["failed"], divergent=counts["divergent"], refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    store.update_manifest({"finished": _now()} if not store_missing(store, study.sims) else {})
+    return folder
+
+
+def store_missing(store: Store, sims: int) -> int:
+    return sims - len(store.done() & set(range(sims)))
+
+
+def _task_factory(p: Plan, tmp_root: str):
+    study = p.study
+
+    def task(sim: int) -> Task:
+        return Task(
+            sim=sim,
+            master_seed=study.seed,
+            simulator=study.simulator.function,
+            simulator_args=study.simulator.args,
+            backend=p.backend,
+            thin=study.sampler.thin,
+            quantities=tuple(p.quantities),
+            derived=study.quantities.derived,
+            keep_draws=study.keep_draws,
+            tmp_root=tmp_root,
+        )
+
+    return task
+
+
+def _progress_bar(total: int, initial: int, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc="sbc",
+        unit="sim",
+        disable=not show,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+
+
+def _map_unordered(
+    task_of, todo: list[int], workers: int, scheduler: str, tmp_root: Path
+) -> Iterator[SimulationResult]:
+    """Results in completion order, with a bounded number of tasks in flight (flat memory).
+
+    A worker process that dies (segfault, OOM kill, a killed dask worker) takes its
+    in-flight fits with it: each is retried once on a fresh pool, then recorded as failed.
+    """
+    if not todo:
+        return
+
+    def new_executor():
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(
+            max_workers=min(workers, len(todo)),
+            initializer=_worker_init,
+            env={"TMPDIR": str(tmp_root)},
+        )
+
+    yield from _drain(new_executor, task_of, todo, in_flight=2 * workers)
+
+
+MAX_ATTEMPTS = 2
+
+
+def _drain(new_executor, task_of, todo: list[int], in_flight: int) -> Iterator[SimulationResult]:
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    executor = new_executor()
+    pending: dict[Any, int] = {}
+    attempts: dict[int, int] = {}
+    queue = list(reversed(todo))
+    clean = False
+
+    def submit(sim: int) -> None:
+        nonlocal executor
+        attempts[sim] = attempts.get(sim, 0) + 1
+        try:
+            future = executor.submit(run_simulation, task_of(sim))
+        except RuntimeError:  # the pool broke since the last submit: start a fresh one
+            executor.shutdown(wait=False)
+            executor = new_executor()
+            future = executor.submit(run_simulation, task_of(sim))
+        pending[future] = sim
+
+    try:
+        while queue or pending:
+            while queue and len(pending) < in_flight:
+                submit(queue.pop())
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in finished:
+                sim = pending.pop(future)
+                try:
+                    yield future.result()
+                except Exception as exc:  # the worker died, not the simulation code
+                    if attempts[sim] < MAX_ATTEMPTS:
+                        queue.append(sim)
+                    else:
+                        yield _worker_lost(sim, task_of(sim), exc)
+        clean = True
+    finally:
+        if clean:
+            executor.shutdown(wait=True)
+        else:  # interrupted or failed: in-flight fits are killed, with their CmdStan children
+            for future in pending:
+                future.cancel()
+            executor.shutdown(wait=False, kill_workers=True)
+
+
+def _worker_lost(sim: int, task: Task, exc: BaseException) -> SimulationResult:
+    _, fit_seed, _ = simulation_seeds(task.master_seed, sim)
+    return SimulationResult(
+        sim=sim,
+        seed=fit_seed,
+        status="failed",
+        error=f"worker process died ({MAX_ATTEMPTS} attempts): {_one_line(exc)}",
+    )

@@ -1,0 +1,233 @@
+"""The results store: one SQLite file per study, append-only and resumable.
+
+Only the runner's main process writes; each finished simulation is one
+transaction (its `simulations` row, its `ranks` rows and, if asked, its kept
+draws), so a killed runner leaves either all of a simulation or none of it.
+WAL mode lets `sbc report` and `sbc check` read while a study runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sbc.errors import SBCError
+
+DB_NAME = "sbc.sqlite"
+SCHEMA_VERSION = 1
+
+#: Per-simulation columns beyond (sim, status, seed, error). NaN where a backend has no such thing.
+SIM_COLUMNS: dict[str, str] = {
+    "divergences": "INTEGER",
+    "treedepth_hits": "INTEGER",
+    "ebfmi_min": "REAL",
+    "rhat_max": "REAL",
+    "ess_bulk_min": "REAL",
+    "ess_tail_min": "REAL",
+    "stepsize": "REAL",
+    "return_code": "INTEGER",
+    "warmup_seconds": "REAL",
+    "sampling_seconds": "REAL",
+    "simulate_seconds": "REAL",
+    "fit_seconds": "REAL",
+    "rank_seconds": "REAL",
+    "wall_seconds": "REAL",
+    "n_draws": "INTEGER",
+}
+
+INTERVALS = (50, 80, 90, 95)
+RANK_COLUMNS: dict[str, str] = {
+    "truth": "REAL",
+    "rank": "INTEGER",
+    "L": "INTEGER",
+    "mean": "REAL",
+    "sd": "REAL",
+    **{f"hit{p}": "INTEGER" for p in INTERVALS},
+}
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS simulations (
+    sim INTEGER PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    seed INTEGER NOT NULL,
+    error TEXT,
+    {", ".join(f"{name} {kind}" for name, kind in SIM_COLUMNS.items())}
+);
+CREATE TABLE IF NOT EXISTS ranks (
+    sim INTEGER NOT NULL REFERENCES simulations(sim) ON DELETE CASCADE,
+    quantity TEXT NOT NULL,
+    {", ".join(f'"{name}" {kind}' for name, kind in RANK_COLUMNS.items())},
+    PRIMARY KEY (sim, quantity)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS draws (
+    sim INTEGER PRIMARY KEY REFERENCES simulations(sim) ON DELETE CASCADE,
+    npz BLOB NOT NULL
+);
+"""
+
+
+@dataclass
+class SimulationResult:
+    """Everything one simulation produced; the unit the store commits atomically."""
+
+    sim: int
+    seed: int
+    status: str  # "ok" or "failed"
+    error: str | None = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    ranks: list[dict[str, Any]] = field(default_factory=list)  # one dict per quantity
+    draws_npz: bytes | None = None  # thinned draws, kept only with keep_draws
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    con = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+    con.execute("PRAGMA foreign_keys = ON")
+    return con
+
+
+class Store:
+    """A study's SQLite database. Open for writing with `Store.create_or_open`."""
+
+    def __init__(self, con: sqlite3.Connection, path: Path):
+        self.con = con
+        self.path = path
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open_for_writing(cls, folder: Path) -> Store:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / DB_NAME
+        con = _connect(path, readonly=False)
+        con.execute("PRAGMA journal_mode = WAL")
+        con.execute("PRAGMA synchronous = FULL")
+        con.executescript(_SCHEMA)
+        return cls(con, path)
+
+    @classmethod
+    def open_for_reading(cls, folder: Path | str) -> Store:
+        folder = Path(folder)
+        path = folder / DB_NAME if folder.is_dir() else folder
+        if not path.is_file():
+            raise SBCError(f"no results here (expected {DB_NAME})", where=str(folder))
+        try:
+            con = _connect(path, readonly=True)
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise SBCError(f"not an sbc results database ({exc})", where=str(path)) from None
+        if not {"manifest", "simulations", "ranks"} <= tables:
+            raise SBCError("not an sbc results database (tables missing)", where=str(path))
+        return cls(con, path)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- manifest ----------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM manifest")}
+
+    def update_manifest(self, entries: Mapping[str, Any]) -> None:
+        with self._transaction():
+            self.con.executemany(
+                "INSERT INTO manifest(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [(k, json.dumps(v, sort_keys=True)) for k, v in entries.items()],
+            )
+
+    # -- simulations -------------------------------------------------------------------------
+    def done(self, include_failed: bool = True) -> set[int]:
+        """Simulation indices already stored (the ones a resumed run skips)."""
+        where = "" if include_failed else " WHERE status = 'ok'"
+        return {r[0] for r in self.con.execute(f"SELECT sim FROM simulations{where}")}
+
+    def add(self, result: SimulationResult) -> None:
+        """Commit one simulation, replacing an earlier failed attempt at it."""
+        sim_cols = ["sim", "status", "seed", "error", *SIM_COLUMNS]
+        values = [result.sim, result.status, result.seed, result.error]
+        values += [_sql_value(result.diagnostics.get(c)) for c in SIM_COLUMNS]
+        rank_cols = ["sim", "quantity", *RANK_COLUMNS]
+        rank_rows = [
+            [result.sim, r["quantity"], *(_sql_value(r.get(c)) for c in RANK_COLUMNS)]
+            for r in result.ranks
+        ]
+        with self._transaction():
+            self.con.execute("DELETE FROM simulations WHERE sim = ?", (result.sim,))
+            self.con.execute(
+                f"INSERT INTO simulations({', '.join(sim_cols)}) "
+                f"VALUES ({', '.join('?' * len(sim_cols))})",
+                values,
+            )
+            self.con.executemany(
+                f"INSERT INTO ranks({', '.join(_quoted(rank_cols))}) "
+                f"VALUES ({', '.join('?' * len(rank_cols))})",
+                rank_rows,
+            )
+            if result.draws_npz is not None:
+                self.con.execute(
+                    "INSERT INTO draws(sim, npz) VALUES (?, ?)", (result.sim, result.draws_npz)
+                )
+
+    def _transaction(self):
+        return _Transaction(self.con)
+
+    # -- reading -----------------------------------------------------------------------------
+    def simulations(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM simulations ORDER BY sim", self.con)
+
+    def ranks(self) -> pd.DataFrame:
+        df = pd.read_sql_query(
+            "SELECT r.* FROM ranks r JOIN simulations s USING (sim) "
+            "WHERE s.status = 'ok' ORDER BY r.sim, r.quantity",
+            self.con,
+        )
+        for p in INTERVALS:
+            df[f"hit{p}"] = df[f"hit{p}"].astype(bool)
+        return df
+
+    def kept_draws(self, sim: int) -> bytes | None:
+        row = self.con.execute("SELECT npz FROM draws WHERE sim = ?", (sim,)).fetchone()
+        return row[0] if row else None
+
+    def integrity_ok(self) -> bool:
+        return self.con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+
+    def __enter__(self) -> None:
+        self.con.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _quoted(names: Iterable[str]) -> list[str]:
+    return [f'"{n}"' for n in names]
+
+
+def _sql_value(value: Any) -> Any:
+    """numpy scalars to Python; NaN stays NaN for REAL columns (SQLite stores it as NULL)."""
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

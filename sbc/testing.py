@@ -1,0 +1,33 @@
+"""Calibration checks inside pytest: `assert_calibrated(results_folder)`.
+
+The same verdict as `sbc check`, raised as an AssertionError whose message is the
+verdict table, so a failing CI log shows which quantity broke and how.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sbc.checks import check
+from sbc.results import Results
+
+
+def assert_calibrated(
+    results: Results | str | Path,
+    alpha: float = 0.01,
+    max_divergent_share: float | None = None,
+    max_failed_share: float | None = None,
+) -> None:
+    outcome = check(
+        results,
+        alpha=alpha,
+        max_divergent_share=max_divergent_share,
+        max_failed_share=max_failed_share,
+    )
+    if not outcome.passed:
+        raise AssertionError(
+            "not calibrated:\n  "
+            + "\n  ".join(outcome.reasons)
+            + "\n\n"
+            + outcome.verdicts.to_string(index=False)
+        )

@@ -1,0 +1,134 @@
+"""The runner on the exact backend: seeds, resumption, workers, failures, kept draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import exact_study
+
+import sbc
+from sbc.errors import SBCError
+from sbc.ranks import rank_of_truth, rank_rows, scalar_names
+from sbc.runner import simulation_seeds
+
+
+def _ranks(folder) -> pd.DataFrame:
+    r = sbc.load(folder).ranks
+    return r.sort_values(["sim", "quantity"]).reset_index(drop=True)
+
+
+def test_seeds_depend_only_on_master_seed_and_index():
+    a = simulation_seeds(5, 3)
+    b = simulation_seeds(5, 3)
+    assert a[1] == b[1]
+    assert np.array_equal(a[0].normal(size=4), b[0].normal(size=4))
+    assert simulation_seeds(5, 4)[1] != a[1]
+    assert simulation_seeds(6, 3)[1] != a[1]
+    assert 0 <= a[1] < 2**31
+
+
+def test_scalar_names_follow_cmdstan():
+    assert scalar_names("sigma", ()) == ["sigma"]
+    assert scalar_names("b", (2, 3))[:4] == ["b[1,1]", "b[1,2]", "b[1,3]", "b[2,1]"]
+
+
+def test_rank_counts_draws_below_and_splits_ties_at_random():
+    rng = np.random.default_rng(0)
+    draws = np.array([[0.0], [1.0], [1.0], [1.0], [2.0]])
+    ranks = [int(rank_of_truth(np.array([1.0]), draws, rng)[0]) for _ in range(2000)]
+    assert set(ranks) == {1, 2, 3, 4}  # one below, three ties
+    assert rank_of_truth(np.array([5.0]), draws, rng)[0] == 5
+    assert rank_of_truth(np.array([-1.0]), draws, rng)[0] == 0
+
+
+def test_rank_rows_thin_and_intervals():
+    rng = np.random.default_rng(1)
+    draws = {"mu": np.arange(200, dtype=float).reshape(2, 100, 1)}
+    rows = rank_rows({"mu": np.array([120.5])}, draws, thin_every=10, rng=rng)
+    (row,) = rows
+    assert row["quantity"] == "mu[1]" and row["L"] == 20
+    # thinned draws: 0,10,..,190 -> 13 below 120.5; the 50% interval is [49.75, 149.25]
+    assert row["rank"] == 13
+    assert row["hit50"] and row["hit95"]
+    outside = rank_rows({"mu": np.array([150.5])}, draws, thin_every=10, rng=rng)[0]
+    assert not outside["hit50"] and outside["hit80"]
+
+
+def test_run_stores_every_simulation(tmp_path):
+    folder = sbc.run(exact_study(tmp_path, sims=40), progress=False)
+    res = sbc.load(folder)
+    assert len(res.simulations) == 40 and (res.simulations["status"] == "ok").all()
+    assert sorted(res.ranks["quantity"].unique()) == ["mu[1]", "mu[2]"]
+    assert len(res.ranks) == 80
+    assert (res.ranks["L"] == 50).all()  # 2 chains x 50 draws, thinned by 2
+    assert res.ranks["rank"].between(0, 50).all()
+    assert res.manifest["sims"] == 40 and "finished" in res.manifest
+
+
+def test_same_ranks_with_one_or_two_workers_and_after_resume(tmp_path):
+    one = sbc.run(exact_study(tmp_path, "w1", sims=30), workers=1, progress=False)
+    two = sbc.run(exact_study(tmp_path, "w2", sims=30), workers=2, progress=False)
+    path = exact_study(tmp_path, "resumed", sims=30)
+    sbc.run(path, sims=12, progress=False)  # a partial study, then the rest
+    resumed = sbc.run(path, progress=False)
+    cols = ["sim", "quantity", "truth", "rank", "mean", "sd"]
+    pd.testing.assert_frame_equal(_ranks(one)[cols], _ranks(two)[cols])
+    pd.testing.assert_frame_equal(_ranks(one)[cols], _ranks(resumed)[cols])
+
+
+def test_changed_study_is_refused_unless_new(tmp_path):
+    path = exact_study(tmp_path, "changed", sims=5)
+    sbc.run(path, progress=False)
+    path.write_text(path.read_text().replace("thin = 2", "thin = 5"))
+    with pytest.raises(SBCError, match="changed since these results were written"):
+        sbc.run(path, progress=False)
+    fresh = sbc.run(path, new=True, progress=False)
+    assert fresh.name == "changed-2" and len(sbc.load(fresh).simulations) == 5
+
+
+def test_failing_simulations_are_recorded_and_retried(tmp_path):
+    sim_file = tmp_path / "flaky.py"
+    sim_file.write_text(
+        "from sbc.simulators.normal import simulate as base\n"
+        "FAIL = True\n"
+        "def simulate(rng, **kw):\n"
+        "    truth, data = base(rng, **kw)\n"
+        "    if FAIL and truth['mu'][0] > 1.0:\n"
+        "        raise ValueError('mu too large for this test')\n"
+        "    return truth, data\n"
+    )
+    path = exact_study(tmp_path, "flaky", sims=40)
+    path.write_text(path.read_text().replace("sbc.simulators.normal:simulate", "flaky.py:simulate"))
+    folder = sbc.run(path, progress=False)
+    sims = sbc.load(folder).simulations
+    failed = sims[sims["status"] == "failed"]
+    assert 0 < len(failed) < 40
+    assert failed["error"].str.contains("simulator: ValueError: mu too large").all()
+    assert set(sbc.load(folder).ranks["sim"]) == set(sims.loc[sims.status == "ok", "sim"])
+
+
+def test_keep_draws_and_derived_quantities(tmp_path):
+    mod = tmp_path / "derived.py"
+    mod.write_text(
+        "import numpy as np\ndef mean_mu(params, data):\n    return params['mu'].mean(axis=-1)\n"
+    )
+    path = exact_study(tmp_path, "kept", sims=6)
+    text = path.read_text().replace('name = "kept"', 'name = "kept"\nkeep_draws = true')
+    path.write_text(text + f'[quantities]\nderived = {{ mean_mu = "{mod}:mean_mu" }}\n')
+    res = sbc.load(sbc.run(path, progress=False))
+    assert set(res.ranks["quantity"]) == {"mu[1]", "mu[2]", "mean_mu"}
+    kept = res.draws(0)
+    assert kept["mu"].shape == (2, 25, 2) and kept["mean_mu"].shape == (2, 25)
+    # the derived quantity's rank is reproducible from the kept draws
+    row = res.ranks[(res.ranks.sim == 0) & (res.ranks.quantity == "mean_mu")].iloc[0]
+    flat = kept["mean_mu"].reshape(-1)
+    assert (flat < row["truth"]).sum() <= row["rank"] <= (flat <= row["truth"]).sum()
+
+
+def test_quantities_not_in_truth_are_refused(tmp_path):
+    path = exact_study(tmp_path, "bad_q", sims=2)
+    path.write_text(path.read_text() + '[quantities]\ninclude = ["nu"]\n')
+    with pytest.raises(SBCError, match="'nu' is not among the ranked quantities"):
+        sbc.run(path, progress=False)
+    assert not (tmp_path / "results" / "bad_q").exists()
