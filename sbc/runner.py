@@ -472,26 +472,42 @@ def _map_unordered(
     """
     if not todo:
         return
+    if scheduler == "local":
+        pool = LocalPool(min(workers, len(todo)), tmp_root)
+    else:
+        from sbc.cluster import DaskPool
 
-    def new_executor():
+        pool = DaskPool(scheduler, workers)
+    yield from _drain(pool, task_of, todo, in_flight=2 * pool.workers)
+
+
+class LocalPool:
+    """joblib's loky process pool: the default, nothing to install."""
+
+    def __init__(self, workers: int, tmp_root: Path):
+        self.workers = workers
+        self.tmp_root = tmp_root
+
+    def executor(self):
         from joblib.externals.loky import ProcessPoolExecutor
 
         return ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)),
+            max_workers=self.workers,
             initializer=_worker_init,
-            env={"TMPDIR": str(tmp_root)},
+            env={"TMPDIR": str(self.tmp_root)},
         )
 
-    yield from _drain(new_executor, task_of, todo, in_flight=2 * workers)
+    def shutdown(self, executor, kill: bool) -> None:
+        executor.shutdown(wait=not kill, kill_workers=kill)
 
 
 MAX_ATTEMPTS = 2
 
 
-def _drain(new_executor, task_of, todo: list[int], in_flight: int) -> Iterator[SimulationResult]:
+def _drain(pool, task_of, todo: list[int], in_flight: int) -> Iterator[SimulationResult]:
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    executor = new_executor()
+    executor = pool.executor()
     pending: dict[Any, int] = {}
     attempts: dict[int, int] = {}
     queue = list(reversed(todo))
@@ -503,8 +519,8 @@ def _drain(new_executor, task_of, todo: list[int], in_flight: int) -> Iterator[S
         try:
             future = executor.submit(run_simulation, task_of(sim))
         except RuntimeError:  # the pool broke since the last submit: start a fresh one
-            executor.shutdown(wait=False)
-            executor = new_executor()
+            pool.shutdown(executor, kill=True)
+            executor = pool.executor()
             future = executor.submit(run_simulation, task_of(sim))
         pending[future] = sim
 
@@ -524,12 +540,10 @@ def _drain(new_executor, task_of, todo: list[int], in_flight: int) -> Iterator[S
                         yield _worker_lost(sim, task_of(sim), exc)
         clean = True
     finally:
-        if clean:
-            executor.shutdown(wait=True)
-        else:  # interrupted or failed: in-flight fits are killed, with their CmdStan children
+        if not clean:  # interrupted or failed: in-flight fits are killed with their CmdStan
             for future in pending:
                 future.cancel()
-            executor.shutdown(wait=False, kill_workers=True)
+        pool.shutdown(executor, kill=not clean)
 
 
 def _worker_lost(sim: int, task: Task, exc: BaseException) -> SimulationResult:
