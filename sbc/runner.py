@@ -232,13 +232,12 @@ class Plan:
 def plan(study: Study, progress: bool = True) -> Plan:
     """Check everything that can be checked before running; compile the model."""
     where = str(study.path or study.name)
-    # The simulator: importable, uses only its rng, returns numeric truths.
-    check_deterministic(study.simulator.function, study.simulator.args, study.seed)
-    truth, _ = call_simulator(
-        study.simulator.function, simulation_seeds(study.seed, 0)[0], study.simulator.args
-    )
-    for spec in study.quantities.derived.values():
-        load_callable(spec)
+    truth = _test_simulator(study, where)
+    for name, spec in study.quantities.derived.items():
+        try:
+            load_callable(spec)
+        except SBCError as exc:
+            raise SBCError(f"[quantities] derived.{name}: {exc}", where=where) from None
     workers = study.workers()
     cores = available_cores()
     parallel_chains = max(1, min(study.sampler.chains, cores // max(1, workers)))
@@ -248,8 +247,9 @@ def plan(study: Study, progress: bool = True) -> Plan:
     if produced is not None:
         for name, value in truth.items():
             if name not in produced:
+                model = f"the model {study.stan.name}" if study.stan else "the model"
                 raise SBCError(
-                    f"the simulator's truth has {name!r}, which the model does not produce "
+                    f"the simulator's truth has {name!r}, which {model} does not produce "
                     f"(it has: {', '.join(sorted(produced))})",
                     where=where,
                 )
@@ -264,6 +264,29 @@ def plan(study: Study, progress: bool = True) -> Plan:
     quantities = _select(study.quantities.include, available, where)
     quantities += list(study.quantities.derived)
     return Plan(study=study, backend=backend, quantities=quantities, workers=workers)
+
+
+def _test_simulator(study: Study, where: str, tries: int = 5) -> dict[str, np.ndarray]:
+    """The simulator is importable, uses only its rng and returns numeric truths: its truth.
+
+    A simulator may fail for a few seeds (recorded per simulation later), so the study is
+    refused only if it fails on each of the first `tries` simulations.
+    """
+    spec, args = study.simulator.function, study.simulator.args
+    first: Exception | None = None
+    for i in range(min(tries, study.sims)):
+        try:
+            check_deterministic(spec, args, study.seed + i)
+            return call_simulator(spec, simulation_seeds(study.seed, i)[0], args)[0]
+        except SBCError as exc:
+            raise SBCError(f"[simulator] function: {exc}", where=where) from None
+        except Exception as exc:  # the user's code failed; try the next seed
+            first = first or exc
+    raise SBCError(
+        f"[simulator] function: {spec} fails on each of {min(tries, study.sims)} test calls "
+        f"({_one_line(first)})",
+        where=where,
+    )
 
 
 def _select(include: tuple[str, ...], available: list[str], where: str) -> list[str]:
@@ -305,6 +328,7 @@ def run(
     folder = study.results_dir
     if new:
         folder = _fresh_folder(folder)
+    Store.check_writable(folder)
     with _results_lock(folder):
         store = Store.open_for_writing(folder)
         try:
@@ -327,7 +351,12 @@ def _fresh_folder(folder: Path) -> Path:
 @contextlib.contextmanager
 def _results_lock(folder: Path) -> Iterator[None]:
     """One writer per results folder; a second `sbc run` is refused at once."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SBCError(
+            f"cannot create the results folder: {exc.strerror}", where=str(folder)
+        ) from None
     with open(folder / ".lock", "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

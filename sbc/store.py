@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS draws (
 );
 """
 
+_TABLES = {"manifest", "simulations", "ranks", "draws"}
+
 
 @dataclass
 class SimulationResult:
@@ -111,9 +113,34 @@ class Store:
         con.executescript(_SCHEMA)
         return cls(con, path)
 
+    @staticmethod
+    def check_writable(folder: Path) -> None:
+        """Refuse, before anything is written, a folder that cannot hold (or resume) a study."""
+        if folder.exists() and not folder.is_dir():
+            raise SBCError("not a folder (results go in a folder)", where=str(folder))
+        path = folder / DB_NAME
+        if not path.exists():
+            return
+        try:
+            con = _connect(path, readonly=True)
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            raise SBCError(f"not an sbc results database ({exc})", where=str(path)) from None
+        foreign = sorted(t for t in tables - _TABLES if not t.startswith("sqlite_"))
+        if foreign:
+            raise SBCError(
+                f"not an sbc results database (it has other tables: {', '.join(foreign)})",
+                where=str(path),
+            )
+
     @classmethod
     def open_for_reading(cls, folder: Path | str) -> Store:
         folder = Path(folder)
+        if not folder.exists():
+            raise SBCError("no such results folder", where=str(folder))
         path = folder / DB_NAME if folder.is_dir() else folder
         if not path.is_file():
             raise SBCError(f"no results here (expected {DB_NAME})", where=str(folder))

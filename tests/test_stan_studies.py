@@ -64,8 +64,9 @@ def test_recovery_at_the_seeds_truth(cmdstan, tmp_path, seed):
 
 
 def test_recovery_noncentered_reports_its_diagnostics(cmdstan, tmp_path):
-    proc = sbc_cli("recover", str(STUDIES / "lmm_recovery.toml"), "--stan",
-                   str(ROOT / "stan" / "lmm_noncentered.stan"), "--out", str(tmp_path), "--quiet")  # fmt: skip
+    noncentered = str(ROOT / "stan" / "lmm_noncentered.stan")
+    proc = sbc_cli("recover", str(STUDIES / "lmm_recovery.toml"), "--stan", noncentered,
+                   "--out", str(tmp_path), "--quiet")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("diagnostics:"))
     for key in ("divergences", "treedepth_hits", "ebfmi_min", "rhat_max", "ess_bulk_min"):
