@@ -237,7 +237,7 @@ def coverage_plot(
             capsize=2,
         )
         ax.set_xlim(bottom, 1.0)
-        ax.set_ylim(bottom, 1.0)
+        ax.set_ylim(bottom, 1.04)  # room for error bars at 100 %
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_locator(MultipleLocator(0.2))
             axis.set_major_formatter(PercentFormatter(1.0, decimals=0))

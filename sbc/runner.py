@@ -8,11 +8,13 @@ the number of workers, the order of completion, or interruptions and resumption.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import io
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -31,7 +33,7 @@ from sbc.backends import Backend
 from sbc.callables import call_simulator, check_deterministic, load_callable, source_hash
 from sbc.errors import SBCError
 from sbc.ranks import derived_truth_and_draws, rank_rows, scalar_names
-from sbc.store import SimulationResult, Store
+from sbc.store import DB_NAME, SimulationResult, Store
 from sbc.study import Study, available_cores, load_study
 
 # -- seeds ---------------------------------------------------------------------------------------
@@ -329,7 +331,7 @@ def run(
     if new:
         folder = _fresh_folder(folder)
     Store.check_writable(folder)
-    with _results_lock(folder):
+    with _results_lock(folder), _store_errors(folder):
         store = Store.open_for_writing(folder)
         try:
             _check_resumable(store, p)
@@ -337,6 +339,27 @@ def run(
             return _execute(p, store, folder, retry_failed=retry_failed, progress=progress)
         finally:
             store.close()
+
+
+@contextlib.contextmanager
+def _store_errors(folder: Path) -> Iterator[None]:
+    """A store that cannot be written (disk full, I/O error) ends the run in one line."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise SBCError(
+            f"cannot write the results ({exc}); every simulation stored so far is complete: "
+            "free space and run again to resume",
+            where=str(folder / DB_NAME),
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        raise SBCError(
+            f"cannot write the results ({exc.strerror}); every simulation stored so far is "
+            "complete: free space and run again to resume",
+            where=str(folder),
+        ) from None
 
 
 def _fresh_folder(folder: Path) -> Path:
@@ -377,7 +400,7 @@ def _identity(p: Plan) -> dict[str, Any]:
     if study.stan is not None:
         import hashlib
 
-        ident["stan_source"] = hashlib.sha256(study.stan.read_bytes()).hexdigest()[:16]
+        ident["stan_source"] = hashlib.sha256(study.stan.read_bytes()).hexdigest()
     return ident
 
 
@@ -401,7 +424,6 @@ def _check_resumable(store: Store, p: Plan) -> None:
 
 def _record_manifest(store: Store, p: Plan) -> None:
     import dataclasses
-    import platform
 
     study = p.study
     manifest = store.manifest()
@@ -415,7 +437,7 @@ def _record_manifest(store: Store, p: Plan) -> None:
         "quantities": p.quantities,
         "sims": max(study.sims, manifest.get("sims", 0)),
         "backend": p.backend.manifest(),
-        "versions": {"sbc": __version__, "python": platform.python_version()},
+        "versions": _versions(),
         "last_run_started": _now(),
     }
     if study.stan is not None:
@@ -426,7 +448,21 @@ def _record_manifest(store: Store, p: Plan) -> None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _versions() -> dict[str, str]:
+    """Versions of everything that can change a result, recorded with the results."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"sbc": __version__, "python": platform.python_version()}
+    for package in ("cmdstanpy", "numpy", "scipy", "pandas", "joblib", "arviz-stats"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
 
 
 def _execute(p: Plan, store: Store, folder: Path, retry_failed: bool, progress: bool) -> Path:
@@ -449,7 +485,8 @@ def _execute(p: Plan, store: Store, folder: Path, retry_failed: bool, progress: 
     finally:
         bar.close()
         shutil.rmtree(tmp_root, ignore_errors=True)
-    store.update_manifest({"finished": _now()} if not store_missing(store, study.sims) else {})
+    if not store_missing(store, study.sims):
+        store.update_manifest({"finished": _now()})
     return folder
 
 
@@ -497,7 +534,8 @@ def _map_unordered(
     """Results in completion order, with a bounded number of tasks in flight (flat memory).
 
     A worker process that dies (segfault, OOM kill, a killed dask worker) takes its
-    in-flight fits with it: each is retried once on a fresh pool, then recorded as failed.
+    in-flight fits with it: each is rerun alone on a fresh pool, and a fit whose worker
+    dies again while it runs alone is recorded as failed (see `_drain`).
     """
     if not todo:
         return
@@ -534,37 +572,48 @@ MAX_ATTEMPTS = 2
 
 
 def _drain(pool, task_of, todo: list[int], in_flight: int) -> Iterator[SimulationResult]:
+    """Run every task; a task lost with a dying worker is rerun alone before it is blamed.
+
+    A worker that dies (a segfault, an OOM kill) breaks the pool and fails every task in
+    flight, not only the one that killed it. Those tasks are rerun one at a time, so an
+    attempt is counted only against the task that was alone when its worker died.
+    """
     from concurrent.futures import FIRST_COMPLETED, wait
 
     executor = pool.executor()
-    pending: dict[Any, int] = {}
+    pending: dict[Any, tuple[int, bool]] = {}  # future -> (sim, ran alone)
     attempts: dict[int, int] = {}
     queue = list(reversed(todo))
+    suspects: list[int] = []  # lost with a dying worker; rerun alone
     clean = False
 
-    def submit(sim: int) -> None:
+    def submit(sim: int, alone: bool = False) -> None:
         nonlocal executor
-        attempts[sim] = attempts.get(sim, 0) + 1
         try:
             future = executor.submit(run_simulation, task_of(sim))
         except RuntimeError:  # the pool broke since the last submit: start a fresh one
             pool.shutdown(executor, kill=True)
             executor = pool.executor()
             future = executor.submit(run_simulation, task_of(sim))
-        pending[future] = sim
+        pending[future] = (sim, alone)
 
     try:
-        while queue or pending:
-            while queue and len(pending) < in_flight:
-                submit(queue.pop())
+        while queue or pending or suspects:
+            if suspects:
+                if not pending:
+                    submit(suspects.pop(), alone=True)
+            else:
+                while queue and len(pending) < in_flight:
+                    submit(queue.pop())
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in finished:
-                sim = pending.pop(future)
+                sim, alone = pending.pop(future)
                 try:
                     yield future.result()
                 except Exception as exc:  # the worker died, not the simulation code
+                    attempts[sim] = attempts.get(sim, 0) + alone
                     if attempts[sim] < MAX_ATTEMPTS:
-                        queue.append(sim)
+                        suspects.append(sim)
                     else:
                         yield _worker_lost(sim, task_of(sim), exc)
         clean = True
