@@ -7,9 +7,9 @@
 
 __version__ = "0.1.0"
 
-from sbc.errors import SBCError  # noqa: E402
-from sbc.results import Results, load  # noqa: E402
-from sbc.runner import run  # noqa: E402
-from sbc.study import Study, load_study  # noqa: E402
+from sbc.errors import SBCError
+from sbc.results import Results, load
+from sbc.runner import run
+from sbc.study import Study, load_study
 
 __all__ = ["Results", "SBCError", "Study", "__version__", "load", "load_study", "run"]
