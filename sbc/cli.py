@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun failed simulations")
     p.add_argument("--new", action="store_true", help="start over in a new results folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for CI logs)")
+    p.add_argument("--stop-early", action="store_true",
+                   help="stop when a sequential test rejects a quantity")  # fmt: skip
+    p.add_argument("--alpha", type=_probability, default=0.01,
+                   help="family-wise false-alarm rate of --stop-early (default 0.01)")  # fmt: skip
+    p.add_argument("--look-every", type=_positive_int, default=1, metavar="K",
+                   help="--stop-early tests after every K sims (default 1)")  # fmt: skip
+
+    p = sub.add_parser("plan", help="simulations an SBC question needs: fixed-size vs sequential")
+    from sbc.planner import add_plan_arguments
+
+    add_plan_arguments(p)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a study's results")
     p.add_argument("results", type=Path, help="results folder")
@@ -171,13 +182,30 @@ def _run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         new=args.new,
         progress=not args.quiet,
+        stop_early=args.stop_early,
+        alpha=args.alpha,
+        look_every=args.look_every,
     )
     from sbc.results import load
 
-    sims = load(folder).simulations
+    res = load(folder)
+    sims = res.simulations
     failed = int((sims["status"] == "failed").sum())
     print(f"{len(sims)} simulations stored in {folder} ({failed} failed)")
+    stopped = res.manifest.get("stopped_early")
+    if args.stop_early and stopped:
+        from sbc.sequential import Rejection
+
+        print(Rejection.from_dict(stopped).message())
+        print("the store is resumable: run again without --stop-early for the full study")
+        return 1
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from sbc.planner import plan_command
+
+    return plan_command(args)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -245,6 +273,7 @@ _COMMANDS = {
     "setup": _setup,
     "recover": _recover,
     "run": _run,
+    "plan": _plan,
     "report": _report,
     "check": _check,
     "compare": _compare,

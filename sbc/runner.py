@@ -319,8 +319,17 @@ def run(
     retry_failed: bool = False,
     new: bool = False,
     progress: bool = True,
+    stop_early: bool = False,
+    alpha: float = 0.01,
+    look_every: int = 1,
 ) -> Path:
-    """Run (or resume) a study; returns its results folder. The Python face of `sbc run`."""
+    """Run (or resume) a study; returns its results folder. The Python face of `sbc run`.
+
+    With `stop_early`, the anytime-valid sequential test of `sbc.sequential` runs after
+    every `look_every` simulations (in simulation-index order) and the study stops at the
+    first quantity rejected at family-wise level `alpha`; the decision is recorded in the
+    manifest as "stopped_early" (null when the run did not stop) and the store stays
+    resumable."""
     if not isinstance(study, Study):
         study = load_study(study)
     study = study.with_overrides(
@@ -336,7 +345,8 @@ def run(
         try:
             _check_resumable(store, p)
             _record_manifest(store, p)
-            return _execute(p, store, folder, retry_failed=retry_failed, progress=progress)
+            stop = (alpha, look_every) if stop_early else None
+            return _execute(p, store, folder, retry_failed, progress, stop)
         finally:
             store.close()
 
@@ -465,26 +475,50 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _execute(p: Plan, store: Store, folder: Path, retry_failed: bool, progress: bool) -> Path:
+def _execute(
+    p: Plan,
+    store: Store,
+    folder: Path,
+    retry_failed: bool,
+    progress: bool,
+    stop: tuple[float, int] | None = None,
+) -> Path:
     study = p.study
     done = store.done(include_failed=not retry_failed)
     todo = [i for i in range(study.sims) if i not in done]
+    monitor = None
+    if stop is not None:
+        from sbc.sequential import SequentialMonitor
+
+        monitor = SequentialMonitor.from_store(
+            store, p.quantities, alpha=stop[0], look_every=stop[1], retry_failed=retry_failed
+        )
+        if monitor.decision() is not None:  # already stopped before: recompute, run nothing
+            todo = []
     tmp_root = folder / ".tmp"
     shutil.rmtree(tmp_root, ignore_errors=True)  # left by a killed run; we hold the lock
     tmp_root.mkdir()
     task_of = _task_factory(p, str(tmp_root))
     bar = _progress_bar(study.sims, len(done & set(range(study.sims))), progress)
     counts = {"failed": 0, "divergent": 0}
+    results = _map_unordered(task_of, todo, p.workers, study.parallel.scheduler, tmp_root)
     try:
-        for result in _map_unordered(task_of, todo, p.workers, study.parallel.scheduler, tmp_root):
+        for result in results:
             store.add(result)
             counts["failed"] += result.status == "failed"
             counts["divergent"] += (result.diagnostics.get("divergences") or 0) > 0
             bar.set_postfix(failed=counts["failed"], divergent=counts["divergent"], refresh=False)
             bar.update(1)
+            if monitor is not None and monitor.add(result) is not None:
+                break  # stop early: in-flight fits are killed when `results` is closed
     finally:
+        if hasattr(results, "close"):
+            results.close()
         bar.close()
         shutil.rmtree(tmp_root, ignore_errors=True)
+    decision = monitor.decision() if monitor is not None else None
+    record = {**decision.to_dict(), "look_every": stop[1]} if decision and stop else None
+    store.update_manifest({"stopped_early": record})
     if not store_missing(store, study.sims):
         store.update_manifest({"finished": _now()})
     return folder

@@ -132,3 +132,26 @@ def test_quantities_not_in_truth_are_refused(tmp_path):
     with pytest.raises(SBCError, match="'nu' is not among the ranked quantities"):
         sbc.run(path, progress=False)
     assert not (tmp_path / "results" / "bad_q").exists()
+
+
+def test_stop_early_stops_a_broken_study_and_stays_resumable(tmp_path):
+    path = exact_study(tmp_path, "narrow", sims=150, backend={"sd_scale": 0.6})
+    one = sbc.load(sbc.run(path, stop_early=True, workers=1, progress=False))
+    stopped = one.manifest["stopped_early"]
+    assert stopped and stopped["quantity"].startswith("mu[")
+    assert stopped["n_sims"] < 75 <= 150 - len(one.simulations)  # at most half of the study
+    # the decision is deterministic: same stop with two workers, and a rerun adds nothing
+    path2 = exact_study(tmp_path, "narrow2", sims=150, backend={"sd_scale": 0.6})
+    two = sbc.load(sbc.run(path2, stop_early=True, workers=2, progress=False))
+    assert two.manifest["stopped_early"]["quantity"] == stopped["quantity"]
+    assert two.manifest["stopped_early"]["n_sims"] == stopped["n_sims"]
+    again = sbc.load(sbc.run(path, stop_early=True, progress=False))
+    assert len(again.simulations) == len(one.simulations)
+    full = sbc.load(sbc.run(path, progress=False))  # without the flag: the whole study
+    assert len(full.simulations) == 150
+
+
+def test_stop_early_runs_a_calibrated_study_to_the_end(tmp_path):
+    res = sbc.load(sbc.run(exact_study(tmp_path, "fine", sims=60), stop_early=True,
+                           progress=False))  # fmt: skip
+    assert len(res.simulations) == 60 and res.manifest["stopped_early"] is None
