@@ -1,0 +1,368 @@
+"""Simulations on a dask.distributed cluster: `sbc run STUDY --scheduler tcp://host:8786`.
+
+`DaskPool` is the runner's pool for any scheduler other than "local" (see
+`sbc.runner._map_unordered`): "local:N" starts a `LocalCluster` of N one-thread
+worker processes on this machine (for dask's dashboard), "tcp://..." or "tls://..."
+connects to an existing cluster. dask is an optional extra (`pip install 'sbc[dask]'`).
+
+What stays as with the default pool:
+
+* Results come back to the runner's process, which alone writes the store, one
+  transaction per simulation: a worker never touches it, so no partial row exists.
+* A task is a `Task` (sim index, study seed, backend...): its seeds come from
+  (study seed, sim) alone, never from the worker that runs it.
+* A fit whose worker dies is retried, then recorded as failed, by the runner's rule
+  (`sbc.runner._drain`, `MAX_ATTEMPTS`). With "local:N" sbc starts the scheduler with
+  `allowed-failures = 0` and `worker-saturation = 1.0`, so dask reports the death at
+  once (KilledWorker, which `future.result()` raises) and queues no task on a worker
+  behind a running one: the runner's rule is the only one. On an existing cluster that
+  scheduler's own settings apply first (dask's default reruns a task whose worker died
+  up to 3 more times); the runner's rule applies once dask gives up.
+
+On the worker side (`_on_worker`), each task runs in a scratch folder local to the
+worker host, and a worker host that lacks the compiled model builds it once (by
+Stan-source hash, in `~/.cache/sbc/models/<hash>/`, under the same file lock as
+`CmdStanBackend.prepare`) from the Stan source shipped with the task. A small
+worker plugin makes each worker process a process group and starts a watchdog
+process that, when the worker dies (killed, OOM, restarted by its nanny), kills
+the CmdStan processes it left behind and removes its scratch folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sbc.errors import SBCError
+
+try:  # the plugin's base class; sbc.cluster must import without dask (see DaskPool)
+    from distributed import WorkerPlugin as _WorkerPluginBase
+except ImportError:  # pragma: no cover - only without the extra
+    _WorkerPluginBase = object  # type: ignore[assignment,misc]
+
+#: Seconds to wait for an existing scheduler before giving up with one line.
+CONNECT_TIMEOUT = 5
+#: Scheduler settings for "local:N" (see the module docstring).
+LOCAL_SCHEDULER_CONFIG = {
+    "distributed.scheduler.allowed-failures": 0,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
+_NEEDS_DASK = "--scheduler needs dask: pip install 'sbc[dask]'"
+
+
+class DaskPool:
+    """The runner's pool interface (`workers`, `executor()`, `shutdown()`) over dask."""
+
+    def __init__(self, scheduler: str, workers: int = 0):
+        try:
+            import dask  # noqa: F401
+            import distributed  # noqa: F401
+        except ImportError:
+            raise SBCError(_NEEDS_DASK) from None
+        self.scheduler = scheduler
+        self.cluster: Any = None
+        self.client: Any = None
+        self._connect()
+        self.workers = self._slots()  # for "local:N": N
+        print(f"sbc: dask dashboard at {self.client.dashboard_link}", file=sys.stderr)
+
+    # -- the pool interface ------------------------------------------------------------------------
+    def executor(self) -> _DaskExecutor:
+        if self.client is None:  # after a shutdown: the runner wants a fresh pool
+            self._connect()
+        return _DaskExecutor(self.client, self.scheduler)
+
+    def shutdown(self, executor: _DaskExecutor, kill: bool) -> None:
+        """Close the executor, the client and (for "local:N") the cluster we started.
+
+        `kill`: do not wait for running tasks. On a LocalCluster they die with their
+        workers (and the watchdog takes their CmdStan processes); on an existing
+        cluster dask cannot interrupt a running task, so it finishes there unseen.
+        """
+        try:
+            executor.shutdown(wait=not kill)
+        finally:
+            self._close()
+
+    # -- connecting ------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        import dask
+        from distributed import Client, LocalCluster
+
+        if self.scheduler.startswith("local:"):
+            n = int(self.scheduler.removeprefix("local:"))
+            with dask.config.set(LOCAL_SCHEDULER_CONFIG):
+                self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True)
+            self.client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError):
+                raise SBCError(
+                    f"no dask scheduler answered within {CONNECT_TIMEOUT} s", where=self.scheduler
+                ) from None
+            except Exception as exc:  # something else listens there (garbage handshake)
+                raise SBCError(
+                    f"cannot talk to a dask scheduler there ({type(exc).__name__})",
+                    where=self.scheduler,
+                ) from None
+        try:
+            self._check_workers()
+            self.client.register_plugin(WorkerGuard(), name=WorkerGuard.name)
+        except BaseException:
+            self._close()
+            raise
+
+    def _check_workers(self) -> None:
+        """Every worker present must be able to import this very sbc."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from sbc import __version__
+
+        try:
+            found = self.client.run(version, "sbc")
+        except PackageNotFoundError:
+            raise SBCError(
+                "a dask worker cannot import sbc: install this package on every worker host",
+                where=self.scheduler,
+            ) from None
+        other = {v for v in found.values() if v != __version__}
+        if other:
+            raise SBCError(
+                f"dask workers run sbc {', '.join(sorted(other))}, this process {__version__}: "
+                "install the same version on every worker host",
+                where=self.scheduler,
+            )
+
+    def _slots(self) -> int:
+        """Worker threads in the cluster now (a cluster still scaling up counts as 1)."""
+        return max(1, sum(self.client.nthreads().values()))
+
+    def _close(self) -> None:
+        client, cluster = self.client, self.cluster
+        self.client = self.cluster = None
+        try:
+            if client is not None:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+class _DaskExecutor:
+    """`client.get_executor(pure=False)` (concurrent.futures futures), running `_on_worker`.
+
+    `pure=False`: a retried simulation is a new task, never dask's memory of the failed one.
+    """
+
+    def __init__(self, client: Any, address: str):
+        self._client = client
+        self._address = address
+        self._inner = client.get_executor(pure=False)
+        self._sources: dict[str, Shipment] = {}
+
+    def submit(self, fn, task):
+        """Submit; while the client reconnects to a lost scheduler, wait for it, or stop."""
+        deadline = time.monotonic() + CONNECT_TIMEOUT + 1
+        while self._client.status == "connecting" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._client.status != "running":
+            raise _scheduler_lost(self._address)
+        try:
+            return self._inner.submit(_on_worker, fn, task, self._shipment(task.backend))
+        except Exception:
+            if self._client.status == "running":
+                raise
+            raise _scheduler_lost(self._address) from None
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._client.status == "running":  # else nothing is left to wait for or cancel
+            self._inner.shutdown(wait=wait)
+
+    def _shipment(self, backend: Any) -> Shipment | None:
+        stan_file = getattr(backend, "stan_file", None)
+        if stan_file is None or getattr(backend, "exe_file", None) is None:
+            return None
+        key = str(stan_file)
+        if key not in self._sources:
+            from sbc.cmdstan import cmdstan_version
+
+            cmdstan = getattr(backend, "cmdstan", None)
+            self._sources[key] = Shipment(
+                stan_name=Path(stan_file).name,
+                stan_source=Path(stan_file).read_bytes(),
+                cmdstan_version=cmdstan_version(cmdstan) if cmdstan else None,
+            )
+        return self._sources[key]
+
+
+def _scheduler_lost(address: str) -> SBCError:
+    """The client gave up reconnecting: stop the study (what is stored stays; rerun to resume)."""
+    return SBCError(
+        "lost the connection to the dask scheduler; the study stopped "
+        "(run it again to resume, with --retry-failed for fits recorded as failed meanwhile)",
+        where=address,
+    )
+
+
+# -- on the worker -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shipment:
+    """What a worker on another host needs to build the model: the Stan source itself."""
+
+    stan_name: str
+    stan_source: bytes
+    cmdstan_version: str | None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.stan_source).hexdigest()[:16]
+
+
+def _on_worker(fn, task, shipment: Shipment | None):
+    """Run `fn(task)` (the runner's `run_simulation`) with host-local paths.
+
+    Like `run_simulation` it never raises: a worker host that cannot run the model
+    (no CmdStan, another CmdStan version, a compile error) gives a failed result.
+    """
+    try:
+        task = _localize(task, shipment)
+    except Exception as exc:
+        from sbc.runner import _one_line, simulation_seeds
+        from sbc.store import SimulationResult
+
+        return SimulationResult(
+            sim=task.sim,
+            seed=simulation_seeds(task.master_seed, task.sim)[1],
+            status="failed",
+            error=f"worker host {socket.gethostname()}: {_one_line(exc)}",
+        )
+    return fn(task)
+
+
+_LOCAL: dict[tuple[str, str], Any] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _localize(task, shipment: Shipment | None):
+    """The task with this host's scratch folder and, if needed, this host's model executable."""
+    changes: dict[str, Any] = {"tmp_root": str(_scratch())}
+    backend = task.backend
+    if shipment is not None and not _usable_here(backend):
+        with _LOCAL_LOCK:  # one compile per worker process; prepare()'s file lock: per host
+            key = (str(backend.exe_file), shipment.digest)
+            if key not in _LOCAL:
+                _LOCAL[key] = _prepare_here(backend, shipment)
+            changes["backend"] = _LOCAL[key]
+    return dataclasses.replace(task, **changes)
+
+
+def _usable_here(backend: Any) -> bool:
+    exe, cmdstan = backend.exe_file, backend.cmdstan
+    return (
+        exe is not None and Path(exe).is_file() and cmdstan is not None and Path(cmdstan).is_dir()
+    )
+
+
+def _prepare_here(backend: Any, shipment: Shipment) -> Any:
+    """Find CmdStan on this host and the model by source hash; compile it once if missing."""
+    from sbc.backends.cmdstan import model_cache_dir
+    from sbc.cmdstan import cmdstan_version, find_cmdstan
+
+    cmdstan = find_cmdstan()
+    if cmdstan is None:
+        raise SBCError("no CmdStan here: run `sbc setup` on every worker host (or set $CMDSTAN)")
+    here = cmdstan_version(cmdstan)
+    if shipment.cmdstan_version and here != shipment.cmdstan_version:
+        raise SBCError(
+            f"CmdStan {here} here but the study runs {shipment.cmdstan_version}: "
+            "install the same CmdStan version on every worker host"
+        )
+    stan_file = Path(backend.stan_file)
+    if not (stan_file.is_file() and stan_file.read_bytes() == shipment.stan_source):
+        folder = model_cache_dir() / "sources" / shipment.digest
+        folder.mkdir(parents=True, exist_ok=True)
+        stan_file = folder / shipment.stan_name
+        if not stan_file.is_file():
+            staging = folder / f".{shipment.stan_name}.{os.getpid()}.{threading.get_ident()}"
+            staging.write_bytes(shipment.stan_source)
+            os.replace(staging, stan_file)
+    local = dataclasses.replace(backend, stan_file=stan_file, exe_file=None, cmdstan=None)
+    local.prepare(progress=False)  # compiles only if ~/.cache/sbc/models/<hash>/ lacks it
+    return local
+
+
+# -- worker processes: scratch folder, process group, a watchdog for CmdStan orphans ----------
+
+_SCRATCH: list[Path | None] = [None]
+_WATCHDOG_PROCESS: list[subprocess.Popen | None] = [None]  # kept: no ResourceWarning at exit
+
+_WATCHDOG = """
+import os, shutil, signal, sys, time
+worker, scratch = int(sys.argv[1]), sys.argv[2]
+while os.getppid() == worker:
+    time.sleep(0.25)
+try:
+    os.killpg(worker, signal.SIGKILL)  # what the dead worker left running: CmdStan
+except OSError:
+    pass
+shutil.rmtree(scratch, ignore_errors=True)
+"""
+
+
+def _scratch() -> Path:
+    """This worker process's scratch folder (made by the plugin; lazily if it did not run)."""
+    if _SCRATCH[0] is None or not _SCRATCH[0].is_dir():
+        _SCRATCH[0] = Path(tempfile.mkdtemp(prefix=f"sbc-dask-{os.getpid()}-"))
+    return _SCRATCH[0]
+
+
+class WorkerGuard(_WorkerPluginBase):
+    """Ties the CmdStan processes of a dask worker to that worker's life.
+
+    A worker killed mid-fit (SIGKILL, OOM, its nanny restarting it) cannot stop the
+    CmdStan processes cmdstanpy started: they would run on, orphaned, until their fit
+    ends. In each worker process this plugin makes the worker a process-group leader
+    (CmdStan processes inherit the group) and starts a tiny watchdog process in its
+    own session that waits for the worker to die, then kills the group and removes
+    the worker's scratch folder. This is `sbc.runner._worker_init` turned around.
+    """
+
+    name = "sbc-worker-guard"
+
+    def setup(self, worker: Any = None) -> None:
+        if _SCRATCH[0] is not None:  # registered again (a second study): already guarded
+            return
+        scratch = _scratch()
+        # temporary files of this process and its children (cmdstanpy's own folder
+        # among them) go where the watchdog cleans up, as TMPDIR does for the local pool
+        os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
+        if not hasattr(os, "setpgrp"):  # pragma: no cover - not POSIX
+            return
+        with contextlib.suppress(OSError):
+            os.setpgrp()
+        if os.getpgrp() != os.getpid():  # never signal a group that is not ours alone
+            return
+        _WATCHDOG_PROCESS[0] = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(scratch)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+    def teardown(self, worker: Any = None) -> None:
+        """Nothing: the watchdog ends by itself when the worker process exits."""
