@@ -253,9 +253,30 @@ def _results_of(path: Path, quiet: bool) -> Path:
     return path
 
 
+def _datasets(path: Path) -> tuple:
+    """(seed, simulator) of a study file or a results folder: what fixes the datasets."""
+    if path.suffix == ".toml":
+        import dataclasses
+
+        from sbc.study import load_study
+
+        study = load_study(path)
+        return study.seed, dataclasses.asdict(study.simulator)
+    from sbc.results import load
+
+    study = load(path).manifest.get("study", {})
+    return study.get("seed"), study.get("simulator")
+
+
 def _compare(args: argparse.Namespace) -> int:
     from sbc.checks import compare
 
+    paths = (args.baseline, args.candidate)
+    if any(p.suffix == ".toml" for p in paths) and _datasets(paths[0]) != _datasets(paths[1]):
+        raise SBCError(  # refused before running either study
+            "the two studies do not simulate the same datasets (seed, simulator or its "
+            f"arguments differ): {paths[0]} vs {paths[1]}"
+        )
     a = _results_of(args.baseline, args.quiet)
     b = _results_of(args.candidate, args.quiet)
     result = compare(a, b, alpha=args.alpha)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import inspect
 import io
 import os
 import shutil
@@ -197,15 +198,16 @@ def _captured_output() -> Iterator[None]:
 _CURRENT_WORKDIR: list[Path | None] = [None]
 
 
-def _worker_init() -> None:
+def _worker_init(runner: int | None = None) -> None:
     """Make each worker its own process group and tie its life to the runner's.
 
     If the runner dies (even by SIGKILL) the worker notices its parent changed,
     removes its temporary folder and kills its whole group: the CmdStan
-    processes it started go with it.
+    processes it started go with it. The runner passes its pid: a worker that
+    starts after the runner died must not take its new parent for the runner.
     """
     os.setpgrp()
-    parent = os.getppid()
+    parent = os.getppid() if runner is None else runner
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -275,6 +277,18 @@ def _test_simulator(study: Study, where: str, tries: int = 5) -> dict[str, np.nd
     refused only if it fails on each of the first `tries` simulations.
     """
     spec, args = study.simulator.function, study.simulator.args
+    try:
+        inspect.signature(load_callable(spec)).bind(None, **args)
+    except SBCError as exc:
+        raise SBCError(f"[simulator] function: {exc}", where=where) from None
+    except TypeError as exc:
+        raise SBCError(
+            f"[simulator] function: {spec} cannot be called as f(rng, **args) with "
+            f"[simulator] args = {args}: {exc}",
+            where=where,
+        ) from None
+    except ValueError:  # no signature to check (a builtin): the test calls will tell
+        pass
     first: Exception | None = None
     for i in range(min(tries, study.sims)):
         try:
@@ -595,11 +609,27 @@ class LocalPool:
         return ProcessPoolExecutor(
             max_workers=self.workers,
             initializer=_worker_init,
+            initargs=(os.getpid(),),
             env={"TMPDIR": str(self.tmp_root)},
         )
 
     def shutdown(self, executor, kill: bool) -> None:
-        executor.shutdown(wait=not kill, kill_workers=kill)
+        # Killing: the workers (and their CmdStan runs) die first and loky then fails what
+        # they held, as when a worker crashes. (loky's own `kill_workers=True` can crash
+        # its manager thread when tasks are still queued, and then never reaps the workers.)
+        if kill:
+            for process in list(getattr(executor, "_processes", {}).values()):
+                _kill_worker(process.pid)
+        executor.shutdown(wait=True)
+
+
+def _kill_worker(pid: int) -> None:
+    """SIGKILL a worker and, once it leads its own process group, all it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
 
 
 MAX_ATTEMPTS = 2
@@ -652,10 +682,12 @@ def _drain(pool, task_of, todo: list[int], in_flight: int) -> Iterator[Simulatio
                         yield _worker_lost(sim, task_of(sim), exc)
         clean = True
     finally:
-        if not clean:  # interrupted or failed: in-flight fits are killed with their CmdStan
+        # Interrupted or failed: in-flight fits are killed with their CmdStan. The pool
+        # goes first: loky fails the futures it still holds and dies if one was cancelled.
+        pool.shutdown(executor, kill=not clean)
+        if not clean:
             for future in pending:
                 future.cancel()
-        pool.shutdown(executor, kill=not clean)
 
 
 def _worker_lost(sim: int, task: Task, exc: BaseException) -> SimulationResult:

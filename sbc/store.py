@@ -9,6 +9,7 @@ WAL mode lets `sbc report` and `sbc check` read while a study runs.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ CREATE TABLE IF NOT EXISTS draws (
 );
 """
 
-_TABLES = {"manifest", "simulations", "ranks", "draws"}
+_TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
 @dataclass
@@ -242,7 +243,15 @@ class _Transaction:
         self.con.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type:
+            self.con.execute("ROLLBACK")
+            return
+        try:
+            self.con.execute("COMMIT")
+        except sqlite3.Error:  # e.g. disk full: a failed COMMIT may leave the transaction open
+            if self.con.in_transaction:
+                self.con.execute("ROLLBACK")
+            raise
 
 
 def _quoted(names: Iterable[str]) -> list[str]:
