@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sbc.callables import call_simulator
+from sbc.errors import SBCError
 from sbc.ranks import expand
 from sbc.runner import make_backend, simulation_seeds
 from sbc.study import Study, available_cores
@@ -33,7 +34,16 @@ def recover(study: Study, progress: bool = True) -> Recovery:
     from sbc.plots import save, trace_plot
 
     sim_rng, fit_seed, _ = simulation_seeds(study.seed, 0)
-    truth, data = call_simulator(study.simulator.function, sim_rng, study.simulator.args)
+    try:
+        truth, data = call_simulator(study.simulator.function, sim_rng, study.simulator.args)
+    except SBCError as exc:
+        raise SBCError(f"[simulator] function: {exc}", where=str(study.path)) from None
+    except Exception as exc:  # the user's simulator failed: say so in one line
+        raise SBCError(
+            f"[simulator] function: {study.simulator.function} failed: "
+            f"{type(exc).__name__}: {exc}",
+            where=str(study.path),
+        ) from None
     parallel_chains = min(study.sampler.chains, available_cores())
     backend = make_backend(study, parallel_chains=parallel_chains)
     backend.prepare(progress=progress)
