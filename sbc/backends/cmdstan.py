@@ -62,7 +62,9 @@ class CmdStanBackend(Backend):
         quiet_cmdstanpy()
         self.cmdstan = ensure_cmdstan(progress=progress)
         source = Path(self.stan_file).read_bytes()
-        digest = hashlib.sha256(source + cmdstan_version(self.cmdstan).encode()).hexdigest()[:16]
+        # the executable links CmdStan's TBB by path: a different CmdStan is a different model
+        toolchain = f"{cmdstan_version(self.cmdstan)}\0{self.cmdstan}".encode()
+        digest = hashlib.sha256(source + b"\0" + toolchain).hexdigest()[:16]
         folder = model_cache_dir() / digest
         folder.mkdir(parents=True, exist_ok=True)
         exe = folder / Path(self.stan_file).stem
@@ -185,7 +187,11 @@ def _model(exe_file: str, cmdstan: str) -> Any:
 
         quiet_cmdstanpy()
         cmdstanpy.set_cmdstan_path(cmdstan)
-        _MODELS[key] = cmdstanpy.CmdStanModel(exe_file=exe_file)
+        model = cmdstanpy.CmdStanModel(exe_file=exe_file)
+        # sample() runs `<exe> info` (a process) on every call; the executable never changes
+        info = model.exe_info()
+        model.exe_info = lambda: dict(info)
+        _MODELS[key] = model
     return _MODELS[key]
 
 
