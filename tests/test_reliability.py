@@ -165,7 +165,14 @@ def _launch(args: list[str], tmp: Path, log: str, **env: str) -> subprocess.Pope
         stdout=open(tmp / f"{log}.out", "w"),
         stderr=open(tmp / f"{log}.err", "w"),
         start_new_session=True,
+        # as from a terminal: a background CI job inherits SIGINT ignored, and Python then
+        # never turns Ctrl-C into KeyboardInterrupt
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _sbc(args: list[str], tmp: Path, timeout: float = 600, **env: str):
