@@ -1,14 +1,16 @@
 """Sampling budget: cost per fit and near-independence of the kept draws, per sampler setting.
 
     python benchmarks/budget.py --quick    # 8 sims per setting (a few minutes)
-    python benchmarks/budget.py            # 40 sims per setting
+    python benchmarks/budget.py            # 40 sims per setting (--sims 60 for the README)
 
 The same simulations (datasets and seeds) of studies/lmm_sbc.toml, fitted with each setting
 (chains x (warm-up + draws), thin); L = chains x draws / thin draws are kept for the ranks:
 
-    2x(500+500)/10   the shipped default
-    1x(500+1000)/10  one longer chain: less warm-up in total
+    2x(250+500)/10   the shipped default
+    2x(500+500)/10   the default before: twice the warm-up
+    1x(500+1000)/10  one longer chain: less warm-up in total, but no R-hat
     4x(250+250)/10   more, shorter chains
+    2x(250+1000)/20  twice the draws, thinned twice as much: near-independent kept draws
 
 Per setting: CmdStan's own seconds per fit (warm-up + sampling, summed over chains: the
 core-seconds a fit costs on an idle machine; on a busy one it includes waiting for a CPU),
@@ -43,11 +45,11 @@ from _common import (
 )
 
 DEFAULT_SETTINGS = (
+    "2x250+500/10",
     "2x500+500/10",
     "1x500+1000/10",
     "4x250+250/10",
-    "2x500+500/20",
-    "1x500+1000/20",
+    "2x250+1000/20",
 )
 
 

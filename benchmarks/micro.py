@@ -1,16 +1,19 @@
-"""Per-fit Python costs of the CmdStan backend, before and after this round's changes.
+"""Per-fit Python costs of the CmdStan backend, next to CmdStan's own time per fit.
 
     python benchmarks/micro.py --quick    # 6 fits of studies/lmm_sbc.toml (2 x (200+200))
     python benchmarks/micro.py            # 20 fits as shipped (2 x (500+500))
 
-On real fits of the mixed model, in one process, each measurement repeated and interleaved:
+On real fits of the mixed model, in one process, each measurement repeated:
 
-* diagnostics: `CmdStanBackend.diagnostics` (vectorised R-hat / ESS / E-BFMI) against the
-  previous implementation (arviz-stats' array functions, reproduced below), with a check that
-  both give the same numbers to the last bit, and the one-off import each needs in a worker;
-* cmdstanpy's `exe_info()`: a process (`<exe> info`) that `CmdStanModel.sample` used to start
-  on every fit, now run once per worker;
-* for scale: reading the draws, ranks and intervals, and CmdStan's own time per fit.
+* the backend's `diagnostics` (divergences, E-BFMI, R-hat and bulk/tail ESS of every
+  parameter from `sbc.convergence`); and R-hat and ESS alone, `sbc.convergence` against
+  arviz-stats' array functions (which it replaced) on the same draws, with the one-off import
+  each needs in a worker (arviz-stats comes with the `test` extra);
+* cmdstanpy's `exe_info()`: a process (`<exe> info`) that `CmdStanModel.sample` starts on
+  every fit with cmdstanpy's default model object, against the backend's cached model
+  (`_model()`, which reads it once per worker);
+* reading the draws, ranks and intervals with the derived quantity;
+* for scale, CmdStan's own time per fit.
 
 CPU times are this process's (time.process_time) plus, for exe_info, its child's.
 """
@@ -30,40 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from _common import banner, load_str, table, write_study
-
-SAMPLER_COLUMNS = 7
-
-
-def diagnostics_before(backend, fit) -> dict[str, float]:
-    """The backend's diagnostics as they were (arviz-stats), for comparison."""
-    from arviz_stats.base import array_stats
-
-    from sbc.backends.cmdstan import SAMPLER_COLUMNS as cols_
-    from sbc.backends.cmdstan import _elapsed_seconds
-
-    cols = list(fit.column_names)
-    arr = fit.draws()
-    sampler = {c: arr[:, :, cols.index(c)].T for c in cols_ if c in cols}
-    params = np.moveaxis(arr[:, :, len(cols_) :], 2, 0).transpose(0, 2, 1)
-    varying = params[np.ptp(params.reshape(len(params), -1), axis=1) > 0]
-    diag = {
-        "divergences": int(sampler["divergent__"].sum()),
-        "treedepth_hits": int((sampler["treedepth__"] >= backend.max_treedepth).sum()),
-        "ebfmi_min": float(np.min(array_stats.bfmi(sampler["energy__"]))),
-        "stepsize": float(np.mean(sampler["stepsize__"][:, 0])),
-        "return_code": int(max(fit.runset._retcodes)),
-        "n_draws": int(arr.shape[0] * arr.shape[1]),
-    }
-    if len(varying) and arr.shape[1] * arr.shape[0] >= 8:
-        kw = {"chain_axis": 1, "draw_axis": 2}
-        diag["rhat_max"] = float(np.nanmax(array_stats.rhat(varying, **kw)))
-        diag["ess_bulk_min"] = float(np.nanmin(array_stats.ess(varying, method="bulk", **kw)))
-        diag["ess_tail_min"] = float(
-            np.nanmin(array_stats.ess(varying, method="tail", prob=(0.05, 0.95), **kw))
-        )
-    warm, samp = _elapsed_seconds(fit.runset.csv_files)
-    diag["warmup_seconds"], diag["sampling_seconds"] = warm, samp
-    return diag
 
 
 def import_seconds(statement: str) -> float:
@@ -105,9 +74,21 @@ def main() -> int:
     backend.prepare(progress=False)
     raw = cmdstanpy.CmdStanModel(exe_file=str(backend.exe_file))  # exe_info not cached
 
-    t = {k: [] for k in ("diag_before", "diag_after", "info_before", "info_after", "draws",
-                         "ranks", "own")}  # fmt: skip
-    identical = 0
+    from arviz_stats.base import array_stats
+
+    from sbc import convergence
+
+    def ours(x):
+        return convergence.rhat(x), convergence.ess_bulk(x), convergence.ess_tail(x)
+
+    def arviz(x):
+        kw = {"chain_axis": 1, "draw_axis": 2}
+        return (array_stats.rhat(x, **kw), array_stats.ess(x, method="bulk", **kw),
+                array_stats.ess(x, method="tail", prob=(0.05, 0.95), **kw))  # fmt: skip
+
+    t = {k: [] for k in ("diag", "ours", "arviz", "info_before", "info_after", "draws", "ranks",
+                         "own")}  # fmt: skip
+    worst = 0.0
     for i in range(n_fits):
         rng, seed, rank_rng = simulation_seeds(study.seed, i)
         truth, data = call_simulator(study.simulator.function, rng, study.simulator.args)
@@ -116,22 +97,17 @@ def main() -> int:
         c0 = time.process_time()
         draws = backend.draws(fit)
         t["draws"].append(time.process_time() - c0)
-        before = diagnostics_before(backend, fit)  # warm both paths (imports)
-        after = backend.diagnostics(fit)
-        identical += (
-            all(
-                (before[k] == after[k]) or (before[k] != before[k] and after[k] != after[k])
-                for k in before
-            )
-            and before.keys() == after.keys()
-        )
+        diag = backend.diagnostics(fit)  # the first call pays the import; timed apart
+        x = np.moveaxis(fit.draws()[:, :, len(cs.SAMPLER_COLUMNS) :], 2, 0).transpose(0, 2, 1)
+        x = x[np.ptp(x.reshape(len(x), -1), axis=1) > 0]  # as the backend does
+        with np.errstate(all="ignore"):
+            worst = max(worst, *(float(np.nanmax(np.abs(a / b - 1)))
+                                 for a, b in zip(ours(x), arviz(x), strict=True)))  # fmt: skip
         for _ in range(args.repeats):
-            for key, func in (("diag_before", diagnostics_before), ("diag_after", None)):
+            for key, func, arg in (("diag", backend.diagnostics, fit), ("ours", ours, x),
+                                   ("arviz", arviz, x)):  # fmt: skip
                 c0 = time.process_time()
-                if func is None:
-                    backend.diagnostics(fit)
-                else:
-                    func(backend, fit)
+                func(arg)
                 t[key].append(time.process_time() - c0)
             cached = cs._model(str(backend.exe_file), str(backend.cmdstan))
             for key, model in (("info_before", raw), ("info_after", cached)):
@@ -145,12 +121,12 @@ def main() -> int:
         rank_rows({**truth, **d_truth}, {**draws, **d_draws}, thin_every=study.sampler.thin,
                   rng=rank_rng)  # fmt: skip
         t["ranks"].append(time.process_time() - c0)
-        t["own"].append(after["warmup_seconds"] + after["sampling_seconds"])
+        t["own"].append(diag["warmup_seconds"] + diag["sampling_seconds"])
         print(f"  fit {i + 1}/{n_fits}  CmdStan own {t['own'][-1]:.2f} s", flush=True)
 
-    imp_before = np.median([import_seconds("from arviz_stats.base import array_stats")
-                            for _ in range(3)])  # fmt: skip
-    imp_after = np.median([import_seconds("from scipy.special import ndtri") for _ in range(3)])
+    imp_arviz = np.median([import_seconds("from arviz_stats.base import array_stats")
+                           for _ in range(3)])  # fmt: skip
+    imp_ours = np.median([import_seconds("import sbc.convergence") for _ in range(3)])
 
     def ms(key: str, part: int | None = None) -> float:
         vals = t[key] if part is None else [v[part] for v in t[key]]
@@ -158,36 +134,29 @@ def main() -> int:
 
     own = float(np.mean(t["own"]))
     rows = [
-        {"item": "diagnostics, CPU ms per fit", "before": ms("diag_before"),
-         "after": ms("diag_after")},
-        {"item": "exe_info, CPU ms per fit (incl. its process)", "before": ms("info_before", 0),
-         "after": ms("info_after", 0)},
-        {"item": "exe_info, wall ms per fit", "before": ms("info_before", 1),
-         "after": ms("info_after", 1)},
-        {"item": "import for diagnostics, wall ms once per worker", "before": 1000 * imp_before,
-         "after": 1000 * imp_after},
-        {"item": "read draws, CPU ms per fit (unchanged)", "before": ms("draws"),
-         "after": ms("draws")},
-        {"item": "ranks + intervals + derived, CPU ms per fit", "before": ms("ranks"),
-         "after": ms("ranks")},
-        {"item": "CmdStan's own seconds per fit (for scale), ms", "before": 1000 * own,
-         "after": 1000 * own},
+        {"item": "backend.diagnostics, CPU ms per fit", "value": ms("diag")},
+        {"item": "  R-hat + bulk/tail ESS: sbc.convergence, CPU ms per fit", "value": ms("ours")},
+        {"item": "  R-hat + bulk/tail ESS: arviz-stats, CPU ms per fit", "value": ms("arviz")},
+        {"item": "import of sbc.convergence, wall ms once per worker", "value": 1000 * imp_ours},
+        {"item": "import of arviz-stats, wall ms once per worker", "value": 1000 * imp_arviz},
+        {"item": "exe_info, CPU ms per fit (incl. its process): cmdstanpy default",
+         "value": ms("info_before", 0)},
+        {"item": "exe_info, CPU ms per fit: cached per worker (sbc)", "value": ms("info_after", 0)},
+        {"item": "exe_info, wall ms per fit: cmdstanpy default", "value": ms("info_before", 1)},
+        {"item": "exe_info, wall ms per fit: cached per worker (sbc)",
+         "value": ms("info_after", 1)},
+        {"item": "read draws, CPU ms per fit", "value": ms("draws")},
+        {"item": "ranks + intervals + derived, CPU ms per fit", "value": ms("ranks")},
+        {"item": "CmdStan's own ms per fit (for scale)", "value": 1000 * own},
     ]  # fmt: skip
-    for r in rows:
-        r["ratio"] = r["after"] / r["before"] if r["before"] else float("nan")
+    sbc_ms = ms("diag") + ms("info_after", 0) + ms("draws") + ms("ranks")
     print()
+    print(table(rows, [("item", "item (medians)", ""), ("value", "value", "{:.1f}")]))
+    print(f"\nlargest relative difference sbc.convergence vs arviz-stats: {worst:.1e}")
     print(
-        table(
-            rows,
-            [
-                ("item", "item (medians)", ""),
-                ("before", "before", "{:.1f}"),
-                ("after", "after", "{:.1f}"),
-                ("ratio", "after/before", "{:.2f}"),
-            ],
-        )
+        f"Python CPU per fit in the backend and ranks: {sbc_ms:.1f} ms = "
+        f"{sbc_ms / (1000 * own):.2%} of CmdStan's own time"
     )
-    print(f"\ndiagnostics identical to the last bit on {identical} of {n_fits} fits")
     print(f"load average at the end: {load_str()}")
     return 0
 

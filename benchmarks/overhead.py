@@ -146,6 +146,7 @@ def main() -> int:
     ap.add_argument("--sims", type=int, help="simulations per run")
     ap.add_argument("--repeats", type=int, help="rounds of the interleaved cycle")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--label", default="base", help="name of the --baseline runs (default base)")
     ap.add_argument(
         "--baseline",
         metavar="DIR",
@@ -179,7 +180,7 @@ def main() -> int:
 
     kinds = {"sbc-1w": (None, 1), "bare": (None, 1), "sbc-2w": (None, cores())}
     if base is not None:
-        kinds = {"base-1w": (base, 1), **kinds, "base-2w": (base, cores())}
+        kinds = {f"{args.label}-1w": (base, 1), **kinds, f"{args.label}-2w": (base, cores())}
     labels = list(kinds)
     order = []
     for r in range(repeats):
@@ -269,11 +270,11 @@ def main() -> int:
     summary = []
     if base is not None:
         for w in ("1w", "2w"):
-            b, c = median(walls(f"base-{w}")), median(walls(f"sbc-{w}"))
-            hb, hc = median(cpus(f"base-{w}", True)), median(cpus(f"sbc-{w}", True))
+            b, c = median(walls(f"{args.label}-{w}")), median(walls(f"sbc-{w}"))
+            hb, hc = median(cpus(f"{args.label}-{w}", True)), median(cpus(f"sbc-{w}", True))
             summary.append(
                 {
-                    "figure": f"this checkout / baseline wall, {w}, medians",
+                    "figure": f"this checkout / {args.label} wall, {w}, medians",
                     "value": f"{c / b:.3f} ({c:.1f} / {b:.1f} s)",
                     "target": "",
                     "met": None,
@@ -281,7 +282,7 @@ def main() -> int:
             )
             summary.append(
                 {
-                    "figure": f"  harness CPU s (all but CmdStan), {w}: this / baseline",
+                    "figure": f"  harness CPU s (all but CmdStan), {w}: this / {args.label}",
                     "value": f"{hc:.1f} / {hb:.1f} s",
                     "target": "",
                     "met": None,

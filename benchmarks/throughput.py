@@ -77,6 +77,8 @@ def measure(run: Run, workers: int, used_cores: int) -> dict:
         "startup": acc["startup"],
         "per_sim": run.wall / len(sims),
         "own_per_sim": float((sims["warmup_seconds"] + sims["sampling_seconds"]).mean()),
+        "cpu_per_sim": run.cpu / len(sims),
+        "harness_cpu_per_sim": (run.cpu - run.trace.cmdstan_cpu()) / len(sims),
         "rss": run.maxrss_mb,
         "load": f"{run.load[0]:.1f}-{run.load[1]:.1f}",
         "failed": int((sims["status"] != "ok").sum()),
@@ -117,6 +119,7 @@ def main() -> int:
         "interleaved with this checkout's",
     )
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    ap.add_argument("--label", default="base", help="name of the --baseline runs (default base)")
     args = ap.parse_args()
     cfg = dict(QUICK if args.quick else FULL)
     sims = args.sims or cfg["sims"]
@@ -144,7 +147,7 @@ def main() -> int:
         f"{ncores}w-{ncores}c": {"workers": ncores, "cores": ncores},
     }
     if base is not None:
-        configs[f"base-{ncores}w"] = {"workers": ncores, "cores": ncores, "code": base}
+        configs[f"{args.label}-{ncores}w"] = {"workers": ncores, "cores": ncores, "code": base}
     rows = []
     for i, label in enumerate(abba(list(configs), args.repeats)):
         c = configs[label]
@@ -238,10 +241,10 @@ def main() -> int:
         },
     ]
     if base is not None:
-        b = med[f"base-{ncores}w"]
+        b = med[f"{args.label}-{ncores}w"]
         summary.append(
             {
-                "figure": f"this checkout / baseline wall, {ncores} workers",
+                "figure": f"this checkout / {args.label} wall, {ncores} workers",
                 "value": f"{med[par]['wall'] / b['wall']:.3f}",
                 "target": "",
                 "met": "",
@@ -273,12 +276,17 @@ def main() -> int:
                 flush=True,
             )
         n_arr = np.array([r["sims"] for r in srows], dtype=float)
-        w_arr = np.array([r["wall"] for r in srows])
-        b, a = np.polyfit(n_arr, w_arr, 1)
-        fitted = a + b * n_arr
-        r2 = 1 - np.sum((w_arr - fitted) ** 2) / np.sum((w_arr - w_arr.mean()) ** 2)
-        for r, f in zip(srows, fitted, strict=True):
-            r["fit_dev"] = r["wall"] / f - 1
+        lines = {}
+        for key in ("wall", "cpu", "harness_cpu"):
+            y = np.array([r[key] if key != "harness_cpu" else r["harness_cpu_per_sim"] * r["sims"]
+                          for r in srows])  # fmt: skip
+            b, a = np.polyfit(n_arr, y, 1)
+            fitted = a + b * n_arr
+            ss = np.sum((y - y.mean()) ** 2)
+            lines[key] = (a, b, 1 - np.sum((y - fitted) ** 2) / ss if ss > 0 else 1.0)
+            if key == "wall":
+                for r, f in zip(srows, fitted, strict=True):
+                    r["fit_dev"] = r["wall"] / f - 1
         print()
         print(
             table(
@@ -288,25 +296,32 @@ def main() -> int:
                     ("wall", "wall s", "{:.1f}"),
                     ("per_sim", "wall/sim s", "{:.3f}"),
                     ("own_per_sim", "CmdStan own/sim s", "{:.3f}"),
+                    ("cpu_per_sim", "CPU/sim s", "{:.3f}"),
+                    ("harness_cpu_per_sim", "harness CPU/sim s", "{:.3f}"),
                     ("rate", "sims/min", "{:.1f}"),
                     ("util", "CPU util", "{:.3f}"),
                     ("occupancy", "CmdStan occ.", "{:.3f}"),
                     ("harness", "harness", "{:.1%}"),
+                    ("harness_cpu", "harness CPU", "{:.1%}"),
                     ("rss", "peak RSS MB", "{:.0f}"),
-                    ("fit_dev", "vs line", "{:+.1%}"),
+                    ("fit_dev", "wall vs line", "{:+.1%}"),
                     ("load", "load 1-min", ""),
                 ],
                 title="Part 2: scaling, 2 workers",
             )
         )
+        for key, what in (("wall", "wall"), ("cpu", "CPU s"), ("harness_cpu", "harness CPU s")):
+            a, b, r2 = lines[key]
+            print(f"least squares: {what} = {a:.2f} s + {b:.4f} s x N  (R^2 = {r2:.4f})")
         print(
-            f"least squares: wall = {a:.1f} s + {b:.3f} s x N  (R^2 = {r2:.4f}); "
             f"wall/sim at the largest N / at the smallest: "
-            f"{srows[-1]['per_sim'] / srows[0]['per_sim']:.3f}"
+            f"{srows[-1]['per_sim'] / srows[0]['per_sim']:.3f}; harness CPU/sim: "
+            f"{srows[-1]['harness_cpu_per_sim'] / srows[0]['harness_cpu_per_sim']:.3f}"
         )
         print(
-            "(different N fit different datasets, 0..N-1, whose CmdStan cost differs: compare "
-            "wall/sim with CmdStan own/sim)"
+            "(different N fit different datasets, 0..N-1, whose CmdStan cost differs, and the "
+            "machine's load may change between runs: harness CPU per simulation is the "
+            "load-robust test of linearity)"
         )
     print(f"\nload average at the end: {load_str()}")
     return 0

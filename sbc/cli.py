@@ -85,9 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--stop-early tests after every K sims (default 1)")  # fmt: skip
 
     p = sub.add_parser("plan", help="simulations an SBC question needs: fixed-size vs sequential")
-    from sbc.planner import add_plan_arguments
-
-    add_plan_arguments(p)
+    _add_plan_arguments(p)
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a study's results")
     p.add_argument("results", type=Path, help="results folder")
@@ -114,6 +112,46 @@ def _version() -> str:
     from sbc import __version__
 
     return f"sbc {__version__}"
+
+
+def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of `sbc plan` (for the CLI's subparser)."""
+    p.add_argument(
+        "--effect",
+        required=True,
+        help="narrow:F, wide:F, bias:B, coverage:C[@LEVEL], or several joined by commas",
+    )
+    p.add_argument("--power", type=float, default=0.9, help="target power (default 0.9)")
+    p.add_argument("--alpha", type=float, default=0.01, help="family-wise level (default 0.01)")
+    p.add_argument(
+        "--quantities",
+        type=int,
+        default=1,
+        help="quantities tested together, one of them affected (default 1)",
+    )
+    p.add_argument(
+        "--L",
+        dest="L",
+        type=int,
+        default=100,
+        help="rank resolution: thinned draws per fit (default 100)",
+    )
+    p.add_argument(
+        "--look-every", type=int, default=1, help="sequential looks every k simulations (default 1)"
+    )
+    p.add_argument(
+        "--studies", type=int, default=1000, help="simulated studies per estimate (default 1000)"
+    )
+    p.add_argument(
+        "--max-sims", type=int, default=10_000, help="longest study simulated (default 10000)"
+    )
+    p.add_argument("--seed", type=int, default=20261125, help="random seed")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=Path("sbc_plan.png"),
+        help="power-curve PNG (default sbc_plan.png)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,9 +241,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from sbc.planner import plan_command
+    """`sbc plan`: print the table, write the plot."""
+    from sbc.planner import format_plan, plan
 
-    return plan_command(args)
+    result = plan(
+        args.effect,
+        power=args.power,
+        alpha=args.alpha,
+        quantities=args.quantities,
+        L=args.L,
+        studies=args.studies,
+        look_every=args.look_every,
+        seed=args.seed,
+        max_sims=args.max_sims,
+    )
+    print(format_plan(result))
+    print()
+    print(f"power curve: {result.plot(args.plot)}")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -63,7 +63,7 @@ _NEEDS_DASK = "--scheduler needs dask: pip install 'sbc[dask]'"
 class DaskPool:
     """The runner's pool interface (`workers`, `executor()`, `shutdown()`) over dask."""
 
-    def __init__(self, scheduler: str, workers: int = 0):
+    def __init__(self, scheduler: str, workers: int = 0, progress: bool = True):
         try:
             import dask  # noqa: F401
             import distributed  # noqa: F401
@@ -74,7 +74,8 @@ class DaskPool:
         self.client: Any = None
         self._connect()
         self.workers = self._slots()  # for "local:N": N
-        print(f"sbc: dask dashboard at {self.client.dashboard_link}", file=sys.stderr)
+        if progress:  # --quiet: nothing on stderr but errors
+            print(f"sbc: dask dashboard at {self.client.dashboard_link}", file=sys.stderr)
 
     # -- the pool interface ------------------------------------------------------------------------
     def executor(self) -> _DaskExecutor:

@@ -25,7 +25,6 @@ another interval), or several joined by commas (`narrow:0.8,bias:0.2`).
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -503,72 +502,11 @@ def save_power_curve(result: PlanResult, path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 
-def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of `sbc plan` (for the CLI's subparser)."""
-    p.add_argument(
-        "--effect",
-        required=True,
-        help="narrow:F, wide:F, bias:B, coverage:C[@LEVEL], or several joined by commas",
-    )
-    p.add_argument("--power", type=float, default=0.9, help="target power (default 0.9)")
-    p.add_argument("--alpha", type=float, default=0.01, help="family-wise level (default 0.01)")
-    p.add_argument(
-        "--quantities",
-        type=int,
-        default=1,
-        help="quantities tested together, one of them affected (default 1)",
-    )
-    p.add_argument(
-        "--L",
-        dest="L",
-        type=int,
-        default=100,
-        help="rank resolution: thinned draws per fit (default 100)",
-    )
-    p.add_argument(
-        "--look-every", type=int, default=1, help="sequential looks every k simulations (default 1)"
-    )
-    p.add_argument(
-        "--studies", type=int, default=1000, help="simulated studies per estimate (default 1000)"
-    )
-    p.add_argument(
-        "--max-sims", type=int, default=10_000, help="longest study simulated (default 10000)"
-    )
-    p.add_argument("--seed", type=int, default=20261125, help="random seed")
-    p.add_argument(
-        "--plot",
-        type=Path,
-        default=Path("sbc_plan.png"),
-        help="power-curve PNG (default sbc_plan.png)",
-    )
-
-
-def plan_command(args: argparse.Namespace) -> int:
-    """`sbc plan`: print the table, write the plot; SBCError on bad input (exit 2)."""
-    result = plan(
-        args.effect,
-        power=args.power,
-        alpha=args.alpha,
-        quantities=args.quantities,
-        L=args.L,
-        studies=args.studies,
-        look_every=args.look_every,
-        seed=args.seed,
-        max_sims=args.max_sims,
-    )
-    print(format_plan(result))
-    print()
-    print(f"power curve: {result.plot(args.plot)}")
-    return 0
-
-
 __all__ = [
     "NULL_REPLICATES",
     "Effect",
     "PlanResult",
-    "add_plan_arguments",
     "format_plan",
     "parse_effect",
     "plan",
-    "plan_command",
 ]

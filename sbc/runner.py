@@ -481,7 +481,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"sbc": __version__, "python": platform.python_version()}
-    for package in ("cmdstanpy", "numpy", "scipy", "pandas", "joblib", "arviz-stats"):
+    for package in ("cmdstanpy", "numpy", "scipy", "pandas", "joblib"):
         try:
             out[package] = version(package)
         except PackageNotFoundError:
@@ -515,7 +515,9 @@ def _execute(
     task_of = _task_factory(p, str(tmp_root))
     bar = _progress_bar(study.sims, len(done & set(range(study.sims))), progress)
     counts = {"failed": 0, "divergent": 0}
-    results = _map_unordered(task_of, todo, p.workers, study.parallel.scheduler, tmp_root)
+    results = _map_unordered(
+        task_of, todo, p.workers, study.parallel.scheduler, tmp_root, progress
+    )
     try:
         for result in results:
             store.add(result)
@@ -577,7 +579,7 @@ def _progress_bar(total: int, initial: int, show: bool):
 
 
 def _map_unordered(
-    task_of, todo: list[int], workers: int, scheduler: str, tmp_root: Path
+    task_of, todo: list[int], workers: int, scheduler: str, tmp_root: Path, progress: bool
 ) -> Iterator[SimulationResult]:
     """Results in completion order, with a bounded number of tasks in flight (flat memory).
 
@@ -592,7 +594,7 @@ def _map_unordered(
     else:
         from sbc.cluster import DaskPool
 
-        pool = DaskPool(scheduler, workers)
+        pool = DaskPool(scheduler, workers, progress)
     yield from _drain(pool, task_of, todo, in_flight=2 * pool.workers)
 
 

@@ -25,6 +25,7 @@ import pytest
 from conftest import exact_study
 
 import sbc
+from sbc.backends.cmdstan import model_cache_dir
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "bad_inputs"
@@ -86,15 +87,19 @@ def _run_case(case: dict, tmp: Path, results: dict[str, Path], cmdstan: Path | N
         "SBC_SKIP_INSTALL_CMDSTAN": "1",
         "COLUMNS": "200",
     }
-    proc = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-m", "sbc.cli", *argv],
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-    )
+    ) as proc:
+        stdout, stderr = proc.communicate(timeout=300)
     problems = []
+    staging = list(model_cache_dir().glob(f"*/.build-{proc.pid}"))
+    if staging:
+        problems.append(f"a failed compile left {staging}")
     if out.exists():
         problems.append(f"{{out}} was created: {sorted(_tree(out))}")
     if any(empty.iterdir()):
@@ -104,7 +109,7 @@ def _run_case(case: dict, tmp: Path, results: dict[str, Path], cmdstan: Path | N
     for name, path in watched.items():
         if _tree(path) != before[name]:
             problems.append(f"{name} changed")
-    return Outcome(argv, proc.returncode, proc.stdout, proc.stderr, problems)
+    return Outcome(argv, proc.returncode, stdout, stderr, problems)
 
 
 @pytest.fixture(scope="module")

@@ -85,10 +85,12 @@ def test_worker_host_without_cmdstan_records_a_failed_simulation(tmp_path, monke
 # -- a real LocalCluster, exact backend (no Stan) ------------------------------------------------
 
 
-def test_local_cluster_gives_the_same_ranks_as_the_local_pool(tmp_path):
+def test_local_cluster_gives_the_same_ranks_as_the_local_pool(tmp_path, capfd):
     pytest.importorskip("distributed")
     reference = sbc.run(exact_study(tmp_path, "pool", sims=24), progress=False)
+    capfd.readouterr()
     on_dask = sbc.run(exact_study(tmp_path, "dask", sims=24), scheduler="local:2", progress=False)
+    assert "sbc:" not in capfd.readouterr().err, "progress=False (--quiet) must print nothing"
     sims = sbc.load(on_dask).simulations
     assert len(sims) == 24 and (sims["status"] == "ok").all()
     pd.testing.assert_frame_equal(_ranks(reference), _ranks(on_dask))
@@ -222,7 +224,7 @@ def lmm_study(tmp_path: Path, name: str, sims: int = 6) -> Path:
     text = (ROOT / "studies" / "lmm_sbc.toml").read_text()
     for old, new in (
         ("sims = 200", f"sims = {sims}"),
-        ("warmup = 500", "warmup = 150"),
+        ("warmup = 250", "warmup = 150"),
         ("draws = 500", "draws = 150"),
         ("thin = 10", "thin = 5"),
         ('stan = "../stan/', f'stan = "{ROOT}/stan/'),

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 from scipy import stats
 
 from sbc.calibration import gamma_test, holm
+from sbc.cli import main
 from sbc.errors import SBCError
 from sbc.planner import (
-    add_plan_arguments,
     format_plan,
     gamma_p_values,
     holm_first,
     parse_effect,
     plan,
-    plan_command,
     simulate_ranks,
 )
 from sbc.sequential import rank_pmf
@@ -97,13 +94,11 @@ def test_plan_prints_a_table_and_plots_a_power_curve(narrow_plan, tmp_path, caps
     assert "sims needed" in text and "power sequential" in text and "posterior sd × 0.7" in text
     png = narrow_plan.plot(tmp_path / "plan.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    parser = argparse.ArgumentParser()
-    add_plan_arguments(parser)
-    args = parser.parse_args(
-        ["--effect", "bias:1", "--alpha", "0.05", "--studies", "100", "--L", "10",
+    code = main(
+        ["plan", "--effect", "bias:1", "--alpha", "0.05", "--studies", "100", "--L", "10",
          "--plot", str(tmp_path / "cli.png")]
     )  # fmt: skip
-    assert plan_command(args) == 0
+    assert code == 0
     out = capsys.readouterr().out
     assert "fixed-size (γ test + Holm)" in out and "power curve:" in out
     assert (tmp_path / "cli.png").is_file()

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,11 @@ class CmdStanBackend(Backend):
             print(f"sbc: compiling {self.stan_file} (once; cached by source hash)", file=sys.stderr)
         try:
             model = cmdstanpy.CmdStanModel(stan_file=stan_copy)
+            os.replace(model.exe_file, exe)  # atomic: a half-written executable is never used
         except (ValueError, RuntimeError) as exc:
             raise SBCError(_stanc_message(str(exc)), where=str(self.stan_file)) from None
         finally:
-            for extra in staging.glob("*.hpp"):
-                extra.unlink()
-        os.replace(model.exe_file, exe)  # atomic: a half-written executable is never used
-        shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
 
     def variables(self) -> dict[str, int] | None:
         return self._variables
@@ -147,7 +146,7 @@ class CmdStanBackend(Backend):
         return out
 
     def diagnostics(self, fit: Any) -> dict[str, float]:
-        from arviz_stats.base import array_stats
+        from sbc.convergence import ebfmi, ess_bulk, ess_tail, rhat
 
         cols = list(fit.column_names)
         arr = fit.draws()  # (draws, chains, columns)
@@ -157,18 +156,15 @@ class CmdStanBackend(Backend):
         diag: dict[str, float] = {
             "divergences": int(sampler["divergent__"].sum()),
             "treedepth_hits": int((sampler["treedepth__"] >= self.max_treedepth).sum()),
-            "ebfmi_min": float(np.min(array_stats.bfmi(sampler["energy__"]))),
+            "ebfmi_min": float(np.min(ebfmi(sampler["energy__"]))),
             "stepsize": float(np.mean(sampler["stepsize__"][:, 0])),
             "return_code": int(max(fit.runset._retcodes)),
             "n_draws": int(arr.shape[0] * arr.shape[1]),
         }
         if len(varying) and arr.shape[1] * arr.shape[0] >= 8:
-            kw = {"chain_axis": 1, "draw_axis": 2}
-            diag["rhat_max"] = float(np.nanmax(array_stats.rhat(varying, **kw)))
-            diag["ess_bulk_min"] = float(np.nanmin(array_stats.ess(varying, method="bulk", **kw)))
-            diag["ess_tail_min"] = float(
-                np.nanmin(array_stats.ess(varying, method="tail", prob=(0.05, 0.95), **kw))
-            )
+            diag["rhat_max"] = float(np.nanmax(rhat(varying)))
+            diag["ess_bulk_min"] = float(np.nanmin(ess_bulk(varying)))
+            diag["ess_tail_min"] = float(np.nanmin(ess_tail(varying)))
         warm, samp = _elapsed_seconds(fit.runset.csv_files)
         diag["warmup_seconds"], diag["sampling_seconds"] = warm, samp
         return diag
@@ -253,7 +249,19 @@ def _stanc_message(text: str) -> str:
 
 
 def _cmdstan_failure(text: str) -> str:
-    """One line out of cmdstanpy's multi-line sampling error."""
+    """One line out of cmdstanpy's multi-line sampling error.
+
+    A chain killed by a signal is named by its signal: its console may still hold an earlier,
+    harmless "Exception:" line (a rejected proposal) that did not end it."""
+    codes = re.search(r"retcodes=\[([-\d, ]*)\]", text)
+    # -1 is also cmdstanpy's "not run" placeholder: only other negative codes are signals
+    signals = [-int(c) for c in codes.group(1).split(",") if int(c) < -1] if codes else []
+    if signals:
+        try:
+            name = signal.Signals(signals[0]).name
+        except ValueError:
+            name = f"signal {signals[0]}"
+        return f"CmdStan was killed by {name} (return code {-signals[0]})"
     for pattern in (r"Rejecting initial value.*", r"Error.*", r"Exception: .*"):
         m = re.search(pattern, text)
         if m and not m.group(0).startswith("Error during sampling"):
