@@ -78,9 +78,7 @@ def main() -> int:
 
     from sbc import convergence
 
-    def ours(x):
-        return convergence.rhat(x), convergence.ess_bulk(x), convergence.ess_tail(x)
-
+    ours = convergence.convergence  # what the backend calls
     def arviz(x):
         kw = {"chain_axis": 1, "draw_axis": 2}
         return (array_stats.rhat(x, **kw), array_stats.ess(x, method="bulk", **kw),

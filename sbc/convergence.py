@@ -22,16 +22,26 @@ from scipy.special import ndtri
 MIN_DRAWS = 4
 
 
+def convergence(x: np.ndarray, prob: float = 0.05) -> tuple[np.ndarray, ...]:
+    """(R-hat, bulk ESS, tail ESS) of each parameter, as a fit's diagnostics need them: the
+    rank-normalised split chains that R-hat and bulk ESS share are computed once."""
+    x = np.asarray(x, dtype=float)
+    nan = np.full(len(x), np.nan)
+    if x.shape[2] < MIN_DRAWS:
+        return nan, nan, nan
+    split = _split_chains(x)
+    z = _z_scale(split)
+    r = _rhat_rank(split, z) if x.shape[1] >= 2 else nan
+    return tuple(_nan_where_nan(x, v) for v in (r, _ess(z), _ess_tail(x, prob)))
+
+
 def rhat(x: np.ndarray) -> np.ndarray:
     """Rank-normalised split R-hat: the larger of the bulk and the folded (tail) R-hat."""
     x = np.asarray(x, dtype=float)
     if x.shape[1] < 2 or x.shape[2] < MIN_DRAWS:
         return np.full(len(x), np.nan)
     split = _split_chains(x)
-    bulk = _rhat_basic(_z_scale(split))
-    median = np.median(split.reshape(len(x), -1), axis=1)
-    tail = _rhat_basic(_z_scale(np.abs(split - median[:, None, None])))
-    return _nan_where_nan(x, np.maximum(bulk, tail))
+    return _nan_where_nan(x, _rhat_rank(split, _z_scale(split)))
 
 
 def ess_bulk(x: np.ndarray) -> np.ndarray:
@@ -48,12 +58,7 @@ def ess_tail(x: np.ndarray, prob: float = 0.05) -> np.ndarray:
     x = np.asarray(x, dtype=float)
     if x.shape[2] < MIN_DRAWS:
         return np.full(len(x), np.nan)
-    flat = x.reshape(len(x), -1)
-    low, high = (
-        _ess(_split_chains(x <= np.quantile(flat, p, axis=1)[:, None, None]).astype(float))
-        for p in (prob, 1 - prob)
-    )
-    return _nan_where_nan(x, np.minimum(low, high))
+    return _nan_where_nan(x, _ess_tail(x, prob))
 
 
 def ebfmi(energy: np.ndarray) -> np.ndarray:
@@ -95,6 +100,23 @@ def _average_ranks(a: np.ndarray) -> np.ndarray:
     ranks = np.empty(a.shape)
     np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=1)
     return ranks
+
+
+def _rhat_rank(split: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The larger of the R-hats of the split chains' normal scores `z` and of their folded
+    (distance from the median) normal scores."""
+    median = np.median(split.reshape(len(split), -1), axis=1)
+    folded = _z_scale(np.abs(split - median[:, None, None]))
+    return np.maximum(_rhat_basic(z), _rhat_basic(folded))
+
+
+def _ess_tail(x: np.ndarray, prob: float) -> np.ndarray:
+    flat = x.reshape(len(x), -1)
+    low, high = (
+        _ess(_split_chains(x <= np.quantile(flat, p, axis=1)[:, None, None]).astype(float))
+        for p in (prob, 1 - prob)
+    )
+    return np.minimum(low, high)
 
 
 def _rhat_basic(x: np.ndarray) -> np.ndarray:
@@ -147,4 +169,4 @@ def _nan_where_nan(x: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x).any(axis=(1, 2)), np.nan, values)
 
 
-__all__ = ["ebfmi", "ess_bulk", "ess_tail", "rhat"]
+__all__ = ["convergence", "ebfmi", "ess_bulk", "ess_tail", "rhat"]

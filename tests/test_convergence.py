@@ -47,9 +47,13 @@ def test_rhat_and_ess_equal_arviz_stats(x):
         }
         if x.shape[1] >= 2:
             expected["rhat"] = array_stats.rhat(x, **AXES)
+    together = dict(zip(("rhat", "ess_bulk", "ess_tail"), convergence.convergence(x), strict=True))
     for name, want in expected.items():
         got = getattr(convergence, name)(x)
         np.testing.assert_allclose(got, want, rtol=1e-10, equal_nan=True, err_msg=name)
+        np.testing.assert_array_equal(together[name], got, err_msg=f"convergence(): {name}")
+    if x.shape[1] < 2:
+        assert np.isnan(together["rhat"]).all()
 
 
 def test_too_few_draws_or_chains_give_nan():

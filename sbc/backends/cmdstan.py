@@ -146,7 +146,7 @@ class CmdStanBackend(Backend):
         return out
 
     def diagnostics(self, fit: Any) -> dict[str, float]:
-        from sbc.convergence import ebfmi, ess_bulk, ess_tail, rhat
+        from sbc.convergence import convergence, ebfmi
 
         cols = list(fit.column_names)
         arr = fit.draws()  # (draws, chains, columns)
@@ -162,9 +162,10 @@ class CmdStanBackend(Backend):
             "n_draws": int(arr.shape[0] * arr.shape[1]),
         }
         if len(varying) and arr.shape[1] * arr.shape[0] >= 8:
-            diag["rhat_max"] = float(np.nanmax(rhat(varying)))
-            diag["ess_bulk_min"] = float(np.nanmin(ess_bulk(varying)))
-            diag["ess_tail_min"] = float(np.nanmin(ess_tail(varying)))
+            rhat, ess_bulk, ess_tail = convergence(varying)
+            diag["rhat_max"] = float(np.nanmax(rhat))
+            diag["ess_bulk_min"] = float(np.nanmin(ess_bulk))
+            diag["ess_tail_min"] = float(np.nanmin(ess_tail))
         warm, samp = _elapsed_seconds(fit.runset.csv_files)
         diag["warmup_seconds"], diag["sampling_seconds"] = warm, samp
         return diag
