@@ -393,6 +393,20 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]], title: str | No
     return "\n".join(lines)
 
 
+def figure(name: str, value: str, target: str = "", met: bool | None = None, **extra: str) -> dict:
+    """One row of a script's closing summary; `met` is None where the figure has no target."""
+    return {"figure": name, "value": value, "target": target, "met": met, **extra}
+
+
+def figures_table(rows: list[dict], detail: str | None = None) -> str:
+    """The closing summary of a script: figure, measured value (and the rows' "detail" under
+    the header `detail`), target, and whether it is met."""
+    shown = [{**r, "met": "" if r["met"] is None else ("yes" if r["met"] else "NO")} for r in rows]
+    columns = [("figure", "figure", ""), ("value", "measured", "")]
+    columns += [("detail", detail, "")] if detail else []
+    return table(shown, [*columns, ("target", "target", ""), ("met", "met", "")])
+
+
 def median(xs: Sequence[float]) -> float:
     return float(np.median(np.asarray(xs, dtype=float))) if len(xs) else float("nan")
 

@@ -26,6 +26,8 @@ from _common import (
     abba,
     banner,
     cores,
+    figure,
+    figures_table,
     fresh_dir,
     load_str,
     median,
@@ -111,26 +113,15 @@ def main() -> int:
         peak = median([r["self_mb"] for r in rows if r["sims"] == c])
         ratio = peak / ref
         summary.append(
-            {
-                "figure": f"runner peak RSS at {c} / at {counts[0]} sims",
-                "value": f"{ratio:.3f}",
-                "detail": f"{peak:.1f} / {ref:.1f} MB",
-                "target": "<= 1.1" if c == 1000 else "",
-                "met": ("yes" if ratio <= 1.1 else "NO") if c == 1000 else "",
-            }
+            figure(
+                f"runner peak RSS at {c} / at {counts[0]} sims",
+                f"{ratio:.3f}",
+                "<= 1.1" if c == 1000 else "",
+                ratio <= 1.1 if c == 1000 else None,
+                detail=f"{peak:.1f} / {ref:.1f} MB",
+            )
         )
-    print(
-        table(
-            summary,
-            [
-                ("figure", "figure", ""),
-                ("value", "measured", ""),
-                ("detail", "medians", ""),
-                ("target", "target", ""),
-                ("met", "met", ""),
-            ],
-        )
-    )
+    print(figures_table(summary, detail="medians"))
     print(f"\nload average at the end: {load_str()}")
     return 0
 

@@ -39,6 +39,8 @@ from _common import (
     banner,
     baseline_code,
     cores,
+    figure,
+    figures_table,
     fresh_dir,
     load_str,
     median,
@@ -273,74 +275,40 @@ def main() -> int:
             b, c = median(walls(f"{args.label}-{w}")), median(walls(f"sbc-{w}"))
             hb, hc = median(cpus(f"{args.label}-{w}", True)), median(cpus(f"sbc-{w}", True))
             summary.append(
-                {
-                    "figure": f"this checkout / {args.label} wall, {w}, medians",
-                    "value": f"{c / b:.3f} ({c:.1f} / {b:.1f} s)",
-                    "target": "",
-                    "met": None,
-                }
+                figure(
+                    f"this checkout / {args.label} wall, {w}, medians",
+                    f"{c / b:.3f} ({c:.1f} / {b:.1f} s)",
+                )
             )
             summary.append(
-                {
-                    "figure": f"  harness CPU s (all but CmdStan), {w}: this / {args.label}",
-                    "value": f"{hc:.1f} / {hb:.1f} s",
-                    "target": "",
-                    "met": None,
-                }
+                figure(
+                    f"  harness CPU s (all but CmdStan), {w}: this / {args.label}",
+                    f"{hc:.1f} / {hb:.1f} s",
+                )
             )
     cpu_ratio = median(cpus("sbc-1w")) / median(cpus("bare"))
     summary += [
-        {
-            "figure": "sbc (1 worker) wall / bare loop wall, medians",
-            "value": f"{ratio:.3f}",
-            "target": "<= 1.05",
-            "met": ratio <= 1.05,
-        },
-        {
-            "figure": "  same, per adjacent pair",
-            "value": " ".join(f"{p:.3f}" for p in pairs),
-            "target": "",
-            "met": None,
-        },
-        {
-            "figure": "  CPU s of sbc (1 worker) / of the bare loop (load-robust)",
-            "value": f"{cpu_ratio:.3f}",
-            "target": "",
-            "met": None,
-        },
-        {
-            "figure": "harness share of study wall, 1 worker",
-            "value": f"{share1:.1%}",
-            "target": "<= 3 %",
-            "met": share1 <= 0.03,
-        },
-        {
-            "figure": f"harness share of study wall, {cores()} workers",
-            "value": f"{share2:.1%}",
-            "target": "<= 3 %",
-            "met": share2 <= 0.03,
-        },
-        {
-            "figure": "harness share of CPU seconds, 1 worker / 2 workers / bare (load-robust)",
-            "value": f"{cpu_share('sbc-1w'):.1%} / {cpu_share('sbc-2w'):.1%} / "
-            f"{cpu_share('bare'):.1%}",
-            "target": "",
-            "met": None,
-        },
+        figure(
+            "sbc (1 worker) wall / bare loop wall, medians",
+            f"{ratio:.3f}",
+            "<= 1.05",
+            ratio <= 1.05,
+        ),
+        figure("  same, per adjacent pair", " ".join(f"{p:.3f}" for p in pairs)),
+        figure("  CPU s of sbc (1 worker) / of the bare loop (load-robust)", f"{cpu_ratio:.3f}"),
+        figure("harness share of study wall, 1 worker", f"{share1:.1%}", "<= 3 %", share1 <= 0.03),
+        figure(
+            f"harness share of study wall, {cores()} workers",
+            f"{share2:.1%}",
+            "<= 3 %",
+            share2 <= 0.03,
+        ),
+        figure(
+            "harness share of CPU seconds, 1 worker / 2 workers / bare (load-robust)",
+            f"{cpu_share('sbc-1w'):.1%} / {cpu_share('sbc-2w'):.1%} / {cpu_share('bare'):.1%}",
+        ),
     ]
-    for s in summary:
-        s["met"] = "" if s["met"] is None else ("yes" if s["met"] else "NO")
-    print(
-        table(
-            summary,
-            [
-                ("figure", "figure", ""),
-                ("value", "measured", ""),
-                ("target", "target", ""),
-                ("met", "met", ""),
-            ],
-        )
-    )
+    print(figures_table(summary))
     print()
 
     # -- per simulation --------------------------------------------------------------------

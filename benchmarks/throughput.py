@@ -44,6 +44,8 @@ from _common import (
     banner,
     baseline_code,
     cores,
+    figure,
+    figures_table,
     fresh_dir,
     load_str,
     median,
@@ -63,6 +65,7 @@ def measure(run: Run, workers: int, used_cores: int) -> dict:
     acc = slot_accounting(run, workers)
     sims = simulations(run.info["out"])
     top, _ = run.trace.cpu_check()
+    harness_cpu = run.cpu - run.trace.cmdstan_cpu()
     return {
         "run": run.label,
         "sims": len(sims),
@@ -78,7 +81,8 @@ def measure(run: Run, workers: int, used_cores: int) -> dict:
         "per_sim": run.wall / len(sims),
         "own_per_sim": float((sims["warmup_seconds"] + sims["sampling_seconds"]).mean()),
         "cpu_per_sim": run.cpu / len(sims),
-        "harness_cpu_per_sim": (run.cpu - run.trace.cmdstan_cpu()) / len(sims),
+        "harness_cpu_s": harness_cpu,
+        "harness_cpu_per_sim": harness_cpu / len(sims),
         "rss": run.maxrss_mb,
         "load": f"{run.load[0]:.1f}-{run.load[1]:.1f}",
         "failed": int((sims["status"] != "ok").sum()),
@@ -179,88 +183,52 @@ def main() -> int:
     for a, b in zip(serial, parallel, strict=False):
         pair_speedups.append(a["wall"] / b["wall"])
     summary = [
-        {
-            "figure": "throughput 1 worker, 1 core (sims/min)",
-            "value": f"{med['1w-1c']['rate']:.1f}",
-            "target": "",
-            "met": "",
-        },
-        {
-            "figure": f"throughput 1 worker, {ncores} cores (sims/min)",
-            "value": f"{med['1w-2c']['rate']:.1f}",
-            "target": "",
-            "met": "",
-        },
-        {
-            "figure": f"throughput {ncores} workers, {ncores} cores (sims/min)",
-            "value": f"{med[par]['rate']:.1f}",
-            "target": "",
-            "met": "",
-        },
-        {
-            "figure": f"parallel speedup 1 -> {ncores} workers (medians)",
-            "value": f"{speedup:.2f}x",
-            "target": ">= 1.85x",
-            "met": "yes" if speedup >= 1.85 else "NO",
-        },
-        {
-            "figure": f"  implied by CmdStan occupancy: {ncores} x occ({par}) / occ(1w-1c)",
-            "value": f"{ncores * med[par]['occupancy'] / med['1w-1c']['occupancy']:.2f}x",
-            "target": "",
-            "met": "",
-        },
-        {
-            "figure": "  per run pair",
-            "value": " ".join(f"{x:.2f}" for x in pair_speedups),
-            "target": "",
-            "met": "",
-        },
-        {
-            "figure": f"CPU utilisation, {ncores} workers on {ncores} cores",
-            "value": f"{med[par]['util']:.3f}",
-            "target": ">= 0.95",
-            "met": "yes" if med[par]["util"] >= 0.95 else "NO",
-        },
-        {
-            "figure": f"CmdStan occupancy, {ncores} workers (load-independent)",
-            "value": f"{med[par]['occupancy']:.3f}",
-            "target": "",
-            "met": "",
-        },
-        {
-            "figure": f"harness share of wall, {ncores} workers",
-            "value": f"{med[par]['harness']:.1%}",
-            "target": "<= 3 %",
-            "met": "yes" if med[par]["harness"] <= 0.03 else "NO",
-        },
-        {
-            "figure": f"harness share of CPU seconds, {ncores} workers (load-robust)",
-            "value": f"{med[par]['harness_cpu']:.1%}",
-            "target": "",
-            "met": "",
-        },
+        figure("throughput 1 worker, 1 core (sims/min)", f"{med['1w-1c']['rate']:.1f}"),
+        figure(f"throughput 1 worker, {ncores} cores (sims/min)", f"{med['1w-2c']['rate']:.1f}"),
+        figure(
+            f"throughput {ncores} workers, {ncores} cores (sims/min)", f"{med[par]['rate']:.1f}"
+        ),
+        figure(
+            f"parallel speedup 1 -> {ncores} workers (medians)",
+            f"{speedup:.2f}x",
+            ">= 1.85x",
+            speedup >= 1.85,
+        ),
+        figure(
+            f"  implied by CmdStan occupancy: {ncores} x occ({par}) / occ(1w-1c)",
+            f"{ncores * med[par]['occupancy'] / med['1w-1c']['occupancy']:.2f}x",
+        ),
+        figure("  per run pair", " ".join(f"{x:.2f}" for x in pair_speedups)),
+        figure(
+            f"CPU utilisation, {ncores} workers on {ncores} cores",
+            f"{med[par]['util']:.3f}",
+            ">= 0.95",
+            med[par]["util"] >= 0.95,
+        ),
+        figure(
+            f"CmdStan occupancy, {ncores} workers (load-independent)",
+            f"{med[par]['occupancy']:.3f}",
+        ),
+        figure(
+            f"harness share of wall, {ncores} workers",
+            f"{med[par]['harness']:.1%}",
+            "<= 3 %",
+            med[par]["harness"] <= 0.03,
+        ),
+        figure(
+            f"harness share of CPU seconds, {ncores} workers (load-robust)",
+            f"{med[par]['harness_cpu']:.1%}",
+        ),
     ]
     if base is not None:
         b = med[f"{args.label}-{ncores}w"]
         summary.append(
-            {
-                "figure": f"this checkout / {args.label} wall, {ncores} workers",
-                "value": f"{med[par]['wall'] / b['wall']:.3f}",
-                "target": "",
-                "met": "",
-            }
+            figure(
+                f"this checkout / {args.label} wall, {ncores} workers",
+                f"{med[par]['wall'] / b['wall']:.3f}",
+            )
         )
-    print(
-        table(
-            summary,
-            [
-                ("figure", "figure", ""),
-                ("value", "measured", ""),
-                ("target", "target", ""),
-                ("met", "met", ""),
-            ],
-        )
-    )
+    print(figures_table(summary))
     print()
 
     # -- part 2 --------------------------------------------------------------------------------
@@ -277,9 +245,8 @@ def main() -> int:
             )
         n_arr = np.array([r["sims"] for r in srows], dtype=float)
         lines = {}
-        for key in ("wall", "cpu", "harness_cpu"):
-            y = np.array([r[key] if key != "harness_cpu" else r["harness_cpu_per_sim"] * r["sims"]
-                          for r in srows])  # fmt: skip
+        for key in ("wall", "cpu", "harness_cpu_s"):
+            y = np.array([r[key] for r in srows])
             b, a = np.polyfit(n_arr, y, 1)
             fitted = a + b * n_arr
             ss = np.sum((y - y.mean()) ** 2)
@@ -310,7 +277,7 @@ def main() -> int:
                 title="Part 2: scaling, 2 workers",
             )
         )
-        for key, what in (("wall", "wall"), ("cpu", "CPU s"), ("harness_cpu", "harness CPU s")):
+        for key, what in (("wall", "wall"), ("cpu", "CPU s"), ("harness_cpu_s", "harness CPU s")):
             a, b, r2 = lines[key]
             print(f"least squares: {what} = {a:.2f} s + {b:.4f} s x N  (R^2 = {r2:.4f})")
         print(
