@@ -54,11 +54,12 @@ def simulation_seeds(master: int, sim: int) -> tuple[np.random.Generator, int, n
 def make_backend(study: Study, parallel_chains: int = 1) -> Backend:
     """The study's backend, configured but not yet prepared (not compiled)."""
     s = study.sampler
-    if study.backend.type == "exact":
-        from sbc.backends.exact import ExactNormalBackend
+    if study.backend.type in ("exact", "exact-hierarchical"):
+        from sbc.backends.exact import ExactHierarchicalBackend, ExactNormalBackend
 
         opts = study.backend.options
-        return ExactNormalBackend(
+        cls = ExactNormalBackend if study.backend.type == "exact" else ExactHierarchicalBackend
+        return cls(
             chains=s.chains,
             draws_per_chain=int(opts.get("draws", s.draws)),
             sd_scale=float(opts.get("sd_scale", 1.0)),

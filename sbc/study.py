@@ -184,7 +184,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     stan = None
     if "stan" in raw:
         stan = _existing_file(base / _str(raw["stan"], "stan", where), "stan", where, ".stan")
-    elif backend.type == "cmdstan":
+    elif backend.type == "cmdstan":  # the exact backends know their posterior
         raise SBCError("stan: missing (the Stan program to calibrate)", where=where)
 
     sim_raw = _table(raw.get("simulator"), "simulator", where, required=True)
@@ -256,7 +256,11 @@ def _sampler(raw: dict[str, Any], where: str) -> Sampler:
     return s
 
 
-_BACKEND_OPTIONS = {"cmdstan": set(), "exact": {"sd_scale", "shift", "draws"}}
+_BACKEND_OPTIONS = {
+    "cmdstan": set(),
+    "exact": {"sd_scale", "shift", "draws"},
+    "exact-hierarchical": {"sd_scale", "shift", "draws"},
+}
 
 
 def _backend(raw: Any, where: str) -> Backend:
