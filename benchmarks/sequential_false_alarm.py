@@ -9,7 +9,7 @@ each, 100 exact posterior draws, L = 100), simulated many studies at once with t
 simulator (`sbc.simulators.normal.simulate`), the real backend (`ExactNormalBackend.fit`,
 whose `sd_scale` makes the wrong variants) and the real ranking (`sbc.ranks.rank_of_truth`),
 on one array whose columns are (study, simulation, quantity). The monitor is evaluated with
-`sbc.sequential.first_rejections`, the vectorised `SequentialMonitor`; a subset of studies is
+`sbc.analysis.sequential.first_rejections`, the vectorised `SequentialMonitor`; a subset of studies is
 replayed through `SequentialMonitor` itself to show they agree exactly.
 
 1. False alarms: calibrated studies, looks after every simulation (and every 25), up to
@@ -35,10 +35,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sbc.analysis.power import gamma_p_values
+from sbc.analysis.sequential import SequentialMonitor, false_alarm_bound, first_rejections
 from sbc.backends.exact import ExactNormalBackend
-from sbc.planner import gamma_p_values
 from sbc.ranks import rank_of_truth
-from sbc.sequential import SequentialMonitor, false_alarm_bound, first_rejections
 from sbc.simulators.normal import simulate
 
 L = 100

@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, help="results folder")
     p.add_argument("--out", type=Path, help="HTML file (default RESULTS/report.html)")
     p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
+    _add_pool_argument(p)
 
     p = sub.add_parser("check", help="verdict table; exit 0 calibrated, 1 not, 2 bad input")
     p.add_argument("results", type=Path, help="results folder")
@@ -99,13 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail if more than this share of fits diverged")  # fmt: skip
     p.add_argument("--max-failed-share", type=_probability, metavar="X",
                    help="fail if more than this share of simulations failed")  # fmt: skip
+    _add_pool_argument(p)
 
     p = sub.add_parser("compare", help="paired comparison of two models on the same datasets")
     p.add_argument("baseline", type=Path, help="results folder or study file (runs it first)")
     p.add_argument("candidate", type=Path, help="results folder or study file (runs it first)")
     p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_pool_argument(p)
     return parser
+
+
+def _pool(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected variable names, got {bad[0]!r}")
+    return names
+
+
+def _add_pool_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", type=_pool, metavar="VARS",
+                   help="variables whose components are pooled as group effects, e.g. 'b' "
+                        "(default: as the study declares; '' for none)")  # fmt: skip
 
 
 def _version() -> str:
@@ -232,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{len(sims)} simulations stored in {folder} ({failed} failed)")
     stopped = res.manifest.get("stopped_early")
     if args.stop_early and stopped:
-        from sbc.sequential import Rejection
+        from sbc.analysis.sequential import Rejection
 
         print(Rejection.from_dict(stopped).message())
         print("the store is resumable: run again without --stop-early for the full study")
@@ -242,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """`sbc plan`: print the table, write the plot."""
-    from sbc.planner import format_plan, plan
+    from sbc.analysis.power import format_plan, plan
 
     result = plan(
         args.effect,
@@ -264,7 +281,8 @@ def _plan(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from sbc.report import write_report
 
-    print(f"report: {write_report(args.results, out=args.out, alpha=args.alpha)}")
+    path = write_report(args.results, out=args.out, alpha=args.alpha, pool=args.pool)
+    print(f"report: {path}")
     return 0
 
 
@@ -283,57 +301,30 @@ def _check(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         max_divergent_share=args.max_divergent_share,
         max_failed_share=args.max_failed_share,
+        pool=args.pool,
     )
     cols = ["quantity", "n", "log_gamma_ratio", "p_value", "p_holm", "coverage90", "shape"]
     print(_table(outcome.verdicts[cols]))
     print()
+    print(outcome.headline)
     if outcome.passed:
-        print(f"calibrated: no quantity rejected at alpha = {args.alpha} "
-              f"(Holm-adjusted over {len(outcome.verdicts)} tests)")  # fmt: skip
         return 0
-    print("NOT calibrated:")
-    for reason in outcome.reasons:
-        print(f"  {reason}")
+    extra = outcome.reasons[len(outcome.calibration.failing()) :]
+    for reason in extra:  # limits on diagnostics, beyond the failing quantities
+        print(f"NOT calibrated: {reason}")
     return 1
-
-
-def _results_of(path: Path, quiet: bool) -> Path:
-    """A results folder as given, or the results of a study file (run or resumed first)."""
-    if path.suffix == ".toml":
-        from sbc.runner import run
-
-        return run(path, progress=not quiet)
-    return path
-
-
-def _datasets(path: Path) -> tuple:
-    """(seed, simulator) of a study file or a results folder: what fixes the datasets."""
-    if path.suffix == ".toml":
-        import dataclasses
-
-        from sbc.study import load_study
-
-        study = load_study(path)
-        return study.seed, dataclasses.asdict(study.simulator)
-    from sbc.results import load
-
-    study = load(path).manifest.get("study", {})
-    return study.get("seed"), study.get("simulator")
 
 
 def _compare(args: argparse.Namespace) -> int:
     from sbc.checks import compare
 
-    paths = (args.baseline, args.candidate)
-    if any(p.suffix == ".toml" for p in paths) and _datasets(paths[0]) != _datasets(paths[1]):
-        raise SBCError(  # refused before running either study
-            "the two studies do not simulate the same datasets (seed, simulator or its "
-            f"arguments differ): {paths[0]} vs {paths[1]}"
-        )
-    a = _results_of(args.baseline, args.quiet)
-    b = _results_of(args.candidate, args.quiet)
-    result = compare(a, b, alpha=args.alpha)
-    print(f"paired on {result.n_paired} simulated datasets: baseline {a}, candidate {b}")
+    result = compare(
+        args.baseline, args.candidate, alpha=args.alpha, pool=args.pool, progress=not args.quiet
+    )
+    print(
+        f"paired on {result.n_paired} simulated datasets: baseline {result.baseline}, "
+        f"candidate {result.candidate}"
+    )
     print(_table(result.table))
     print()
     if result.worse:

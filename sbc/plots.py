@@ -3,17 +3,18 @@
 Each function takes DataFrames (or a draws dict) and returns a matplotlib `Figure` with
 one small panel per quantity, titled with its CmdStan name. Figures are built without
 pyplot (no global state, no GUI backend; they render with Agg) and written by `save`.
-All statistics come from `sbc.calibration`; nothing is recomputed here.
+They take a `Calibration` (or a ranks table, with the variables to pool); all statistics
+come from `sbc.analysis`, nothing is recomputed here.
 
-Group-level matrices such as b[j,q] get one pooled panel per column (`b[*,q]`), plus
-individual panels only for the first few groups (`max_group_members`), so a study with
-many groups stays readable.
+Group effects the study pools (e.g. b[j,q]) get one pooled panel per column (`b[*,q]`),
+plus individual panels only for the first few groups (`max_group_members`), so a study
+with many groups stays readable.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MultipleLocator, PercentFormatter
 
-from sbc import calibration as cal
+from sbc.analysis import pooled as pl
+from sbc.analysis import uniformity as uni
+from sbc.analysis.quantities import Panel, common_ranks, pooled_name, quantity_panels
+from sbc.analysis.verdicts import Calibration, calibrate
 from sbc.ranks import scalar_names
+
+Data = Calibration | pd.DataFrame
 
 MAX_COLS = 5
 MAX_PANELS = 40
@@ -59,14 +65,14 @@ def _grid(n: int, max_cols: int, title: str) -> tuple[Figure, list[Axes]]:
 
 
 def _select(
-    panels: list[cal.Panel], max_group_members: int, max_panels: int
-) -> tuple[list[cal.Panel], str]:
+    panels: list[Panel], max_group_members: int, max_panels: int
+) -> tuple[list[Panel], str]:
     """Scalars and pooled panels, members of each group up to the cap, at most max_panels."""
     seen: dict[str, int] = {}
     kept, dropped_members = [], 0
     for p in panels:
         if p.kind == "member":
-            key = cal.pooled_name(p.name)
+            key = pooled_name(p.name)
             seen[key] = seen.get(key, 0) + 1
             if seen[key] > max_group_members:
                 dropped_members += 1
@@ -81,18 +87,18 @@ def _select(
     return kept, ("; " + "; ".join(notes)) if notes else ""
 
 
-def _panels(
-    ranks_df: pd.DataFrame,
-    groups: bool | Iterable[str],
-    max_group_members: int,
-    max_panels: int,
-) -> tuple[list[cal.Panel], str]:
-    if ranks_df.empty:
+def _calibration(data: Data, pool: Sequence[str]) -> Calibration:
+    cal = data if isinstance(data, Calibration) else calibrate(data, pool=pool)
+    if cal.ranks.empty:
         raise ValueError("the ranks table is empty: nothing to plot")
-    return _select(cal.quantity_panels(ranks_df, groups), max_group_members, max_panels)
+    return cal
 
 
-def _title(ax: Axes, panel: cal.Panel) -> None:
+def _panels(cal: Calibration, max_group_members: int, max_panels: int) -> tuple[list[Panel], str]:
+    return _select(quantity_panels(cal.ranks, cal.pool, cal.order), max_group_members, max_panels)
+
+
+def _title(ax: Axes, panel: Panel) -> None:
     label = panel.name + ("  (pooled)" if panel.kind == "pooled" else "")
     ax.set_title(label, fontsize=9)
 
@@ -112,10 +118,10 @@ def _steps(values: np.ndarray) -> np.ndarray:
 
 
 def rank_histograms(
-    ranks_df: pd.DataFrame,
+    data: Data,
     bins: int | None = None,
     level: float = 0.99,
-    groups: bool | Iterable[str] = True,
+    pool: Sequence[str] = (),
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
@@ -124,19 +130,22 @@ def rank_histograms(
     `level` under uniformity, and the expected count (Talts et al. 2018).
 
     ∪ = posterior too narrow, ∩ = too wide, mass on the right = truth above the draws
-    (posterior biased down), on the left = biased up.
+    (posterior biased down), on the left = biased up. Pooled panels get a band that holds
+    under any dependence between the groups of a simulation (`pooled.pooled_histogram_band`).
     """
-    panels, note = _panels(ranks_df, groups, max_group_members, max_panels)
+    cal = _calibration(data, pool)
+    panels, note = _panels(cal, max_group_members, max_panels)
     title = (
-        f"Rank histograms ({_study_label(ranks_df)}); grey: {level:.0%} band of each bin "
+        f"Rank histograms ({_study_label(cal.ranks)}); grey: {level:.0%} band of each bin "
         f"under uniformity, black: expected count{note}"
     )
     fig, axes = _grid(len(panels), max_cols, title)
     for ax, panel in zip(axes, panels, strict=True):
-        ranks, L = cal.common_ranks(panel.rows)
-        edges, counts, expected, lo, hi = cal.histogram_band(
-            ranks, L, bins=bins, level=level, clusters=panel.clusters
-        )
+        ranks, L = common_ranks(panel.rows)
+        edges, counts, expected, lo, hi = uni.histogram_band(ranks, L, bins=bins, level=level)
+        if panel.clusters is not None:
+            S = int(np.unique(panel.clusters).size)
+            lo, hi = pl.pooled_histogram_band(S, ranks.size / S, np.diff(edges) / (L + 1), level)
         ax.fill_between(edges, _steps(lo), _steps(hi), step="post", color=_GREY, alpha=0.45, lw=0)
         for bound in (lo, hi):
             ax.step(edges, _steps(bound), where="post", color="0.4", lw=0.6, zorder=4)
@@ -160,9 +169,9 @@ def rank_histograms(
 
 
 def ecdf_diff(
-    ranks_df: pd.DataFrame,
-    alpha: float = cal.BAND_ALPHA,
-    groups: bool | Iterable[str] = True,
+    data: Data,
+    alpha: float = uni.BAND_ALPHA,
+    pool: Sequence[str] = (),
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
@@ -174,23 +183,27 @@ def ecdf_diff(
     Reading it: above zero = too many low ranks (posterior biased up), below zero = too
     many high ranks (biased down); above zero on the left and below on the right = ∪
     (posterior too narrow); the reverse = ∩ (too wide).
-    Pooled panels use the cluster-robust band of `calibration.pooled_ecdf_test`.
+    Pooled panels are drawn on a coarser grid with a band that holds under any dependence
+    between the groups of a simulation (`pooled.pooled_band`; wider than the verdict's test
+    needs, which is `pooled.pooled_test`).
     """
-    panels, note = _panels(ranks_df, groups, max_group_members, max_panels)
+    cal = _calibration(data, pool)
+    panels, note = _panels(cal, max_group_members, max_panels)
     title = (
-        f"ECDF difference F(z) − z ({_study_label(ranks_df)}); "
+        f"ECDF difference F(z) − z ({_study_label(cal.ranks)}); "
         f"shaded: {1 - alpha:.0%} simultaneous band{note}"
     )
     fig, axes = _grid(len(panels), max_cols, title)
     for ax, panel in zip(axes, panels, strict=True):
-        ranks, L = cal.common_ranks(panel.rows)
+        ranks, L = common_ranks(panel.rows)
         if panel.clusters is None:
-            z, d = cal.ecdf_diff(ranks, L)
-            zb, lo, hi = cal.ecdf_band(ranks.size, L, alpha)
+            z, d = uni.ecdf_diff(ranks, L)
+            zb, lo, hi = uni.ecdf_band(ranks.size, L, alpha)
         else:
-            res = cal.pooled_ecdf_test(ranks, L, panel.clusters, alpha=alpha)
-            z, d = cal.pooled_ecdf_diff(ranks, L, panel.clusters)
-            zb, lo, hi = res.z, res.lower, res.upper
+            S = int(np.unique(panel.clusters).size)
+            K = pl.pooled_n_eval(S, L)
+            z, d = uni.ecdf_diff(ranks, L, n_eval_points=K)
+            zb, lo, hi = pl.pooled_band(S, L, K, alpha)
         ax.fill_between(zb, lo - zb, hi - zb, step="post", color=_BAND, alpha=0.6, lw=0)
         ax.axhline(0, color=_GREY, lw=0.6, ls="--")
         ax.step(z, d, where="post", color="black", lw=1.0)
@@ -203,21 +216,21 @@ def ecdf_diff(
 
 
 def coverage_plot(
-    ranks_df: pd.DataFrame,
-    confidence: float = 0.95,
-    groups: bool | Iterable[str] = True,
+    data: Data,
+    pool: Sequence[str] = (),
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
 ) -> Figure:
-    """Empirical vs nominal coverage of the central 50/80/90/95 % intervals, with exact
-    Clopper–Pearson `confidence` intervals (Korn–Graubard for pooled panels) and the
-    diagonal. Points below the diagonal = intervals too narrow (overconfident)."""
-    panels, note = _panels(ranks_df, groups, max_group_members, max_panels)
-    table = cal.coverage_table(ranks_df, confidence=confidence, groups=groups)
+    """Coverage of the central 50/80/90/95 % intervals, from the ranks (exact under
+    calibration), with 95 % Clopper–Pearson intervals (Korn–Graubard for pooled panels) and
+    the diagonal. Points below the diagonal = intervals too narrow (overconfident)."""
+    cal = _calibration(data, pool)
+    panels, note = _panels(cal, max_group_members, max_panels)
+    table = cal.coverage
     title = (
-        f"Coverage of central intervals ({_study_label(ranks_df)}); "
-        f"bars: {confidence:.0%} Clopper–Pearson{note}"
+        f"Coverage of central intervals ({_study_label(cal.ranks)}); "
+        f"bars: 95 % Clopper–Pearson{note}"
     )
     fig, axes = _grid(len(panels), max_cols, title)
     for ax, panel in zip(axes, panels, strict=True):
@@ -254,12 +267,12 @@ def trace_plot(
 ) -> Figure:
     """Trace plots (as rstan::traceplot): one panel per scalar component, one line per chain.
 
-    `draws` maps Stan variable names to (chains, draws, *shape) arrays. By default the
-    population effects `beta` and group effects `b` are shown (all variables if neither
-    exists); at most `max_panels` panels, and the title says when some were left out.
+    `draws` maps Stan variable names to (chains, draws, *shape) arrays; `variables` chooses
+    which (default: all); at most `max_panels` panels, and the title says when some were
+    left out.
     """
     if variables is None:
-        variables = [v for v in ("beta", "b") if v in draws] or list(draws)
+        variables = list(draws)
     missing = [v for v in variables if v not in draws]
     if missing:
         raise ValueError(f"no draws for {', '.join(missing)}")

@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from sbc.store import INTERVALS
-
 DerivedQuantity = Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], np.ndarray]
 
 
@@ -50,17 +48,6 @@ def rank_of_truth(truth: np.ndarray, draws: np.ndarray, rng: np.random.Generator
     return below + rng.integers(0, ties + 1)
 
 
-def interval_hits(truth: np.ndarray, draws: np.ndarray) -> dict[str, np.ndarray]:
-    """Whether each central interval of the draws covers the truth: {"hit90": (Q,) bool, ...}."""
-    probs = sorted({p for c in INTERVALS for p in ((1 - c / 100) / 2, (1 + c / 100) / 2)})
-    q = dict(zip(probs, np.quantile(draws, probs, axis=0), strict=True))
-    hits = {}
-    for c in INTERVALS:
-        lo, hi = q[(1 - c / 100) / 2], q[(1 + c / 100) / 2]
-        hits[f"hit{c}"] = (lo <= truth) & (truth <= hi)
-    return hits
-
-
 def rank_rows(
     truth: Mapping[str, Any],
     draws: Mapping[str, np.ndarray],
@@ -69,7 +56,10 @@ def rank_rows(
     rng: np.random.Generator,
     quantities: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per scalar quantity: truth, rank among the thinned draws, mean, sd, interval hits.
+    """One dict per scalar quantity: truth, rank among the thinned draws, posterior mean and sd.
+
+    (Interval coverage is derived from the ranks at analysis time, `analysis.coverage`:
+    intervals from interpolated draw quantiles would be biased.)
 
     `truth` maps variable names to values, `draws` maps them to (chains, draws, *shape)
     arrays. Only variables with a truth are ranked; `quantities` (scalar names)
@@ -95,7 +85,6 @@ def rank_rows(
     all_draws = full.reshape(-1, len(names))
     kept = thin(full, thin_every)
     ranks = rank_of_truth(t, kept, rng)
-    hits = interval_hits(t, all_draws)
     mean = all_draws.mean(axis=0)
     sd = all_draws.std(axis=0, ddof=1) if all_draws.shape[0] > 1 else np.zeros(len(names))
     return [
@@ -106,7 +95,6 @@ def rank_rows(
             "L": kept.shape[0],
             "mean": float(mean[i]),
             "sd": float(sd[i]),
-            **{k: bool(v[i]) for k, v in hits.items()},
         }
         for i, name in enumerate(names)
     ]

@@ -340,7 +340,7 @@ def run(
 ) -> Path:
     """Run (or resume) a study; returns its results folder. The Python face of `sbc run`.
 
-    With `stop_early`, the anytime-valid sequential test of `sbc.sequential` runs after
+    With `stop_early`, the anytime-valid sequential test of `sbc.analysis.sequential` runs after
     every `look_every` simulations (in simulation-index order) and the study stops at the
     first quantity rejected at family-wise level `alpha`; the decision is recorded in the
     manifest as "stopped_early" (null when the run did not stop) and the store stays
@@ -503,10 +503,15 @@ def _execute(
     todo = [i for i in range(study.sims) if i not in done]
     monitor = None
     if stop is not None:
-        from sbc.sequential import SequentialMonitor
+        from sbc.analysis.sequential import SequentialMonitor
 
         monitor = SequentialMonitor.from_store(
-            store, p.quantities, alpha=stop[0], look_every=stop[1], retry_failed=retry_failed
+            store,
+            p.quantities,
+            alpha=stop[0],
+            look_every=stop[1],
+            retry_failed=retry_failed,
+            pool=getattr(study.quantities, "pool", ()),
         )
         if monitor.decision() is not None:  # already stopped before: recompute, run nothing
             todo = []

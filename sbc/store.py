@@ -42,15 +42,16 @@ SIM_COLUMNS: dict[str, str] = {
     "n_draws": "INTEGER",
 }
 
-INTERVALS = (50, 80, 90, 95)
 RANK_COLUMNS: dict[str, str] = {
     "truth": "REAL",
     "rank": "INTEGER",
     "L": "INTEGER",
     "mean": "REAL",
     "sd": "REAL",
-    **{f"hit{p}": "INTEGER" for p in INTERVALS},
 }
+#: Interval hits from draw quantiles, written by sbc ≤ 0.1 (biased; coverage now comes from
+#: the ranks): kept in old databases, left out of what `ranks()` returns.
+LEGACY_RANK_COLUMNS = tuple(f"hit{p}" for p in (50, 80, 90, 95))
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -221,9 +222,7 @@ class Store:
             "WHERE s.status = 'ok' ORDER BY r.sim, r.quantity",
             self.con,
         )
-        for p in INTERVALS:
-            df[f"hit{p}"] = df[f"hit{p}"].astype(bool)
-        return df
+        return df.drop(columns=[c for c in LEGACY_RANK_COLUMNS if c in df])
 
     def kept_draws(self, sim: int) -> bytes | None:
         row = self.con.execute("SELECT npz FROM draws WHERE sim = ?", (sim,)).fetchone()

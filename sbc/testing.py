@@ -6,6 +6,7 @@ verdict table, so a failing CI log shows which quantity broke and how.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from sbc.checks import check
@@ -17,16 +18,19 @@ def assert_calibrated(
     alpha: float = 0.01,
     max_divergent_share: float | None = None,
     max_failed_share: float | None = None,
+    pool: Sequence[str] | None = None,
 ) -> None:
     outcome = check(
         results,
         alpha=alpha,
         max_divergent_share=max_divergent_share,
         max_failed_share=max_failed_share,
+        pool=pool,
     )
     if not outcome.passed:
         raise AssertionError(
-            "not calibrated:\n  "
+            outcome.headline
+            + "\n  "
             + "\n  ".join(outcome.reasons)
             + "\n\n"
             + outcome.verdicts.to_string(index=False)

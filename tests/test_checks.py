@@ -11,7 +11,7 @@ from conftest import exact_study
 
 import sbc
 import sbc.checks
-from sbc import calibration
+from sbc.analysis.verdicts import calibrate
 from sbc.backends.exact import ExactNormalBackend
 from sbc.errors import SBCError
 from sbc.runner import Task, run_simulation
@@ -36,7 +36,7 @@ def exact_ranks(study: int, sims: int, sd_scale: float) -> pd.DataFrame:
 
 
 def passes(ranks: pd.DataFrame, alpha: float = 0.01) -> bool:
-    return bool(calibration.verdicts(ranks, alpha=alpha)["calibrated"].all())
+    return calibrate(ranks, alpha=alpha).passed
 
 
 def test_check_passes_calibrated_and_fails_narrow_posteriors_across_100_studies():
@@ -44,8 +44,8 @@ def test_check_passes_calibrated_and_fails_narrow_posteriors_across_100_studies(
 
     Calibrated: Holm keeps the familywise false-alarm rate at most alpha = 0.01, so the
     number of failing studies is at most Binomial(100, 0.01): P(more than 3) = 0.018.
-    sd x 0.7: each quantity is rejected with probability about 0.99 at N = 200
-    (measured in test_calibration), so fewer than 90 failing studies has probability
+    sd x 0.7: each quantity is rejected with probability about 0.99 at N = 200 (measured
+    in tests/analysis/test_uniformity.py), so fewer than 90 failing studies has probability
     far below 1e-9. The seeds are fixed, so the outcome is deterministic.
     """
     calibrated = sum(passes(exact_ranks(s, 200, 1.0)) for s in range(100))
@@ -61,10 +61,10 @@ def test_check_cli_exit_codes_and_assert_calibrated(tmp_path):
     cli = [sys.executable, "-m", "sbc.cli"]
     ok = subprocess.run([*cli, "check", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "calibrated: no quantity rejected" in ok.stdout
+    assert "Calibrated: no quantity departs from uniform ranks" in ok.stdout
     no = subprocess.run([*cli, "check", str(bad)], capture_output=True, text=True)
     assert no.returncode == 1
-    assert "NOT calibrated" in no.stdout and "mu[1]: posterior too narrow" in no.stdout
+    assert "Not calibrated: " in no.stdout and "mu[1] (posterior too narrow" in no.stdout
     assert_calibrated(good)
     with pytest.raises(AssertionError, match="posterior too narrow"):
         assert_calibrated(bad)

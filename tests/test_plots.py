@@ -27,7 +27,6 @@ def ranks_df() -> pd.DataFrame:
             "L": L,
             "mean": 0.0,
             "sd": 1.0,
-            **{f"hit{c}": bool(rng.random() < c / 100) for c in (50, 80, 90, 95)},
         }
         for s in range(30)
         for q in names
@@ -41,21 +40,21 @@ EXPECTED_PANELS = 10
 
 @pytest.mark.parametrize("make", [plots.rank_histograms, plots.ecdf_diff, plots.coverage_plot])
 def test_rank_plots_have_one_panel_per_quantity_and_save(make, ranks_df, tmp_path):
-    fig = make(ranks_df)
+    fig = make(ranks_df, pool=["b"])
     assert isinstance(fig, Figure)
     assert len(fig.axes) == EXPECTED_PANELS
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[:4] == ["beta[1]", "sigma", "b[*,1]  (pooled)", "b[*,2]  (pooled)"]
+    assert titles[:4] == ["sigma", "beta[1]", "b[*,1]  (pooled)", "b[*,2]  (pooled)"]
     path = plots.save(fig, tmp_path / "sub" / f"{make.__name__}.png")
     data = path.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
 
 def test_group_members_are_capped(ranks_df):
-    fig = plots.rank_histograms(ranks_df, max_group_members=1)
-    assert len(fig.axes) == 6  # beta[1], sigma, 2 pooled, b[1,1], b[1,2]
+    fig = plots.rank_histograms(ranks_df, pool=["b"], max_group_members=1)
+    assert len(fig.axes) == 6  # sigma, beta[1], 2 pooled, b[1,1], b[1,2]
     assert "first 1 groups shown individually" in fig.get_suptitle()
-    fig = plots.ecdf_diff(ranks_df, groups=False)
+    fig = plots.ecdf_diff(ranks_df)  # nothing pooled unless declared
     assert len(fig.axes) == 8
 
 
@@ -66,12 +65,12 @@ def test_trace_plot_panels_chains_and_cap(tmp_path):
         "b": rng.normal(size=(4, 100, 3, 2)),
         "sigma": rng.normal(size=(4, 100)),
     }
-    fig = plots.trace_plot(draws)  # default: beta and b
+    fig = plots.trace_plot(draws, ["beta", "b"])
     assert len(fig.axes) == 8
     assert [ax.get_title() for ax in fig.axes[:3]] == ["beta[1]", "beta[2]", "b[1,1]"]
     assert len(fig.axes[0].lines) == 4  # one line per chain
-    capped = plots.trace_plot(draws, max_panels=5)
-    assert len(capped.axes) == 5 and "first 5 of 8 panels" in capped.get_suptitle()
+    capped = plots.trace_plot(draws, max_panels=5)  # default: every variable
+    assert len(capped.axes) == 5 and "first 5 of 9 panels" in capped.get_suptitle()
     assert len(plots.trace_plot(draws, ["sigma"]).axes) == 1
     assert plots.save(fig, tmp_path / "trace.png").read_bytes().startswith(PNG_MAGIC)
     with pytest.raises(ValueError):

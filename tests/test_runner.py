@@ -42,17 +42,17 @@ def test_rank_counts_draws_below_and_splits_ties_at_random():
     assert rank_of_truth(np.array([-1.0]), draws, rng)[0] == 0
 
 
-def test_rank_rows_thin_and_intervals():
+def test_rank_rows_thin_and_summarise():
     rng = np.random.default_rng(1)
     draws = {"mu": np.arange(200, dtype=float).reshape(2, 100, 1)}
     rows = rank_rows({"mu": np.array([120.5])}, draws, thin_every=10, rng=rng)
     (row,) = rows
     assert row["quantity"] == "mu[1]" and row["L"] == 20
-    # thinned draws: 0,10,..,190 -> 13 below 120.5; the 50% interval is [49.75, 149.25]
+    # thinned draws: 0,10,..,190 -> 13 below 120.5; mean and sd over all 200 draws
     assert row["rank"] == 13
-    assert row["hit50"] and row["hit95"]
-    outside = rank_rows({"mu": np.array([150.5])}, draws, thin_every=10, rng=rng)[0]
-    assert not outside["hit50"] and outside["hit80"]
+    assert row["mean"] == pytest.approx(99.5)
+    assert row["sd"] == pytest.approx(np.std(np.arange(200), ddof=1))
+    assert not any(k.startswith("hit") for k in row)  # coverage comes from the ranks now
 
 
 def test_run_stores_every_simulation(tmp_path):

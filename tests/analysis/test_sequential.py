@@ -18,10 +18,9 @@ import pytest
 from conftest import exact_study
 
 import sbc
-from sbc.backends.exact import ExactNormalBackend
-from sbc.errors import SBCError
-from sbc.ranks import rank_of_truth
-from sbc.sequential import (
+from sbc.analysis.rank_model import rank_pmf
+from sbc.analysis.sequential import (
+    DEFAULT_DESIGN,
     SequentialMonitor,
     _bins,
     _param_table,
@@ -29,8 +28,10 @@ from sbc.sequential import (
     false_alarm_bound,
     first_rejections,
     log_e_process,
-    rank_pmf,
 )
+from sbc.backends.exact import ExactNormalBackend
+from sbc.errors import SBCError
+from sbc.ranks import rank_of_truth
 from sbc.simulators.normal import simulate
 
 L = 100
@@ -62,7 +63,7 @@ def feed(mon: SequentialMonitor, study: np.ndarray, order=None) -> SequentialMon
 
 def test_every_alternative_is_a_probability_distribution():
     for LL in (100, 37, 6):
-        assert np.allclose(np.exp(_param_table(LL, sbc.sequential.DEFAULT_DESIGN)).mean(1), 1)
+        assert np.allclose(np.exp(_param_table(LL, DEFAULT_DESIGN)).mean(1), 1)
         for B in (2, 4, 8, 16):
             which, log_pi = _bins(LL, B)
             pi = np.bincount(which, minlength=B) / (LL + 1)
@@ -72,17 +73,17 @@ def test_every_alternative_is_a_probability_distribution():
     assert p[0] > 0.04 and p[L] > 0.04 and p[L // 2] < 1 / (L + 1)  # ∪ when too narrow
 
 
-@pytest.mark.parametrize("groups", [False, True])
-def test_next_factor_has_expectation_exactly_one_under_uniform_ranks(groups):
+@pytest.mark.parametrize("pool", [(), ("b",)])
+def test_next_factor_has_expectation_exactly_one_under_uniform_ranks(pool):
     """The martingale property through the monitor's own code: from any past, the average of
     E_{n+1}/E_n over the L + 1 equally likely next ranks is 1 (pooled rows too, here with
     perfectly dependent members, the worst case for a product)."""
     names = [f"b[{j},{k}]" for j in range(1, 5) for k in (1, 2)]
-    mon = SequentialMonitor(names, 20, 0.05, groups=groups)
+    mon = SequentialMonitor(names, 20, 0.05, pool=pool)
     rng = np.random.default_rng(3)
     for sim in range(15):  # an arbitrary past, far from uniform
         mon.update([{"quantity": q, "rank": int(rng.integers(0, 6))} for q in names], sim=sim)
-    assert ("b[*,1]" in mon.units) == groups
+    assert ("b[*,1]" in mon.units) == bool(pool)
     before = mon.log_e_values()
     ratios = []
     for r in range(21):
@@ -104,7 +105,7 @@ def test_e_value_has_mean_one_at_a_fixed_n_by_monte_carlo():
 
 def test_vectorised_engine_equals_the_monitor():
     study = exact_ranks(5, 1, 150, sd_scale=0.8)[0]
-    mon = SequentialMonitor(NAMES, L, 0.01, groups=False)
+    mon = SequentialMonitor(NAMES, L, 0.01)
     path = []
     for sim in range(150):
         mon.update(rows_of(study[sim]), sim=sim)
@@ -214,7 +215,8 @@ def test_replaying_a_stored_study_equals_streaming_it(tmp_path):
 
 def test_pooled_rows_join_the_family():
     names = [f"b[{j},{k}]" for j in range(1, 5) for k in (1, 2)] + ["sigma"]
-    mon = SequentialMonitor(names, L, 0.01)
+    assert "b[*,1]" not in SequentialMonitor(names, L, 0.01).units  # pooled only if declared
+    mon = SequentialMonitor(names, L, 0.01, pool=["b"])
     assert mon.units[0] == "sigma" and "b[*,1]" in mon.units and len(mon.units) == 11
     rng = np.random.default_rng(8)
     for sim in range(80):  # b[., 1] all narrow together: ranks at the ends

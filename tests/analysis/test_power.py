@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sbc.calibration import gamma_test, holm
-from sbc.cli import main
-from sbc.errors import SBCError
-from sbc.planner import (
+from sbc.analysis.power import (
     format_plan,
     gamma_p_values,
     holm_first,
@@ -17,7 +14,10 @@ from sbc.planner import (
     plan,
     simulate_ranks,
 )
-from sbc.sequential import rank_pmf
+from sbc.analysis.rank_model import rank_pmf
+from sbc.analysis.uniformity import gamma_test, holm
+from sbc.cli import main
+from sbc.errors import SBCError
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_simulated_ranks_follow_the_exact_model_and_extend_consistently():
     assert np.abs(freq - rank_pmf(20, 0.7, 0.0)).max() < 0.01  # 120 000 ranks: sd < 0.001
 
 
-def test_vectorised_fixed_size_test_equals_the_calibration_module():
+def test_vectorised_fixed_size_test_equals_the_uniformity_module():
     rng = np.random.default_rng(4)
     r = rng.integers(0, 31, size=(12, 40))
     r[:4] = np.minimum(r[:4], 12)  # some non-uniform rows with small p-values

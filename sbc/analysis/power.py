@@ -3,13 +3,13 @@
 `plan("narrow:0.9", power=0.9, alpha=0.01, quantities=5)` answers: if one of 5 ranked
 quantities had a posterior 10 % too narrow, how many simulations would the fixed-size
 test (γ test + Holm over the 5 quantities, as in `sbc check`) need to flag it with
-probability 0.9, and how many would the sequential test (`sbc.sequential`, as in
+probability 0.9, and how many would the sequential test (`sbc.analysis.sequential`, as in
 `sbc run --stop-early`) use?
 
 The model (exact, no MCMC): the correct posterior of each quantity is normal, N(m, s²), so
 z = (truth − m)/s ~ N(0, 1); the affected quantity's fitted posterior is
 N(m + shift·s, (scale·s)²) and its rank among L draws is Binomial(L, Φ((z − shift)/scale))
-given z (`sbc.sequential.rank_pmf`). This is exactly what the exact backend's `sd_scale`
+given z (`sbc.analysis.rank_model.rank_pmf`). This is exactly what the exact backend's `sd_scale`
 and `shift` produce. One quantity is affected; the other quantities − 1 are calibrated and
 independent of it (their γ p-values are drawn uniform, their e-values are ignored: the
 sequential threshold is Bonferroni's Q/α, which the monitor's e-Holm rule can only beat,
@@ -33,10 +33,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sbc.calibration import NULL_REPLICATES, _gamma_null, _grid, _n_eval
+from sbc.analysis import uniformity as uni
+from sbc.analysis.rank_model import rank_pmf
+from sbc.analysis.sequential import DEFAULT_DESIGN, Design, detection_times
 from sbc.errors import SBCError
-from sbc.sequential import DEFAULT_DESIGN, Design, detection_times, rank_pmf
-from sbc.store import INTERVALS
+
+#: Central interval levels (%) a coverage effect may name.
+INTERVALS = (50, 80, 90, 95)
 
 #: Sample sizes the power curve is evaluated at (those up to the cap, plus the cap).
 NICE_N = (
@@ -192,21 +195,17 @@ def simulate_ranks(
     return out
 
 
-def gamma_p_values(ranks: np.ndarray, L: int) -> np.ndarray:
-    """`calibration.gamma_test(r, L).p_value` for each row of a (studies, N) array, at once."""
+def gamma_p_values(ranks: np.ndarray, L: int, up_to: float = 1.0) -> np.ndarray:
+    """`uniformity.gamma_test(r, L).p_value` for each row of a (studies, N) array, at once
+    (p-values above `up_to`, which cannot pass a test at that level, are returned as 1)."""
     r = np.asarray(ranks, dtype=np.int64)
     S, N = r.shape
-    K = _n_eval(N, L, None)
-    nul = _gamma_null(N, L, K)
-    t, _ = _grid(L, K)
+    K = uni.n_eval(N, L)
+    t, _ = uni.grid(L, K)
     offsets = (L + 1) * np.arange(S, dtype=np.int64)[:, None]
     hist = np.bincount((r + offsets).ravel(), minlength=S * (L + 1)).reshape(S, L + 1)
-    counts = hist.cumsum(axis=1)[:, t - 1]
-    gamma = 2.0 * nul.pointwise_min(counts)
-    M = nul.null.size
-    count = np.searchsorted(nul.null, gamma * (1 + 1e-12), side="right")
-    p = (1 + count) / (M + 1)
-    return np.where(count == 0, np.minimum(p, (K - 1) * gamma), p)
+    gamma = uni.gamma_of_counts(N, L, K, hist.cumsum(axis=1)[:, t - 1])
+    return uni.gamma_p_values(gamma, N, L, K, up_to)
 
 
 def holm_first(p: np.ndarray) -> np.ndarray:
@@ -287,7 +286,7 @@ def plan(
     null_p = np.random.default_rng([seed, 1]).random((studies, Q - 1))
 
     def fixed_power(ranks: np.ndarray, n: int) -> float:
-        p = gamma_p_values(ranks[:, :n], L)
+        p = gamma_p_values(ranks[:, :n], L, up_to=alpha)
         return float(np.mean(holm_first(np.column_stack([p, null_p])) < alpha))
 
     cap = min(500, max_sims)
@@ -503,7 +502,6 @@ def save_power_curve(result: PlanResult, path: str | Path) -> Path:
 
 
 __all__ = [
-    "NULL_REPLICATES",
     "Effect",
     "PlanResult",
     "format_plan",

@@ -15,6 +15,9 @@ Why it is valid (see docs/sequential.md for the long version):
   (posterior too narrow / too wide by a range of factors, biased by a range of shifts,
   and Dirichlet-smoothed rank histograms with 2, 4, 8 and 16 bins, which have power
   against any non-uniformity).
+- Pooled rows of group effects (b[*,q], declared by the study) use the pooled e-process of
+  `sbc.analysis.pooled`: per simulation one bet on the mean over the members, valid under
+  any dependence between the members.
 - Ville's inequality: P(sup_n E_n ≥ 1/α) ≤ α. The bound holds for the supremum over *all*
   n, so looking after every simulation, every k-th, or at data-dependent times, and
   stopping at the first rejection, all keep the false-alarm rate at most α.
@@ -46,19 +49,17 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from sbc.calibration import (
+from sbc.analysis.pooled import PooledBets
+from sbc.analysis.quantities import common_ranks, order_quantities, parse_quantity, pooled_name
+from sbc.analysis.rank_model import rank_pmf
+from sbc.analysis.shape import (
     BIASED_DOWN,
     BIASED_UP,
-    CALIBRATED,
     TOO_NARROW,
     TOO_WIDE,
     UNCLEAR,
-    common_ranks,
-    group_variables,
-    parse_quantity,
-    pooled_name,
-    shape_diagnosis,
-    sort_quantities,
+    fit_shape,
+    shape_words,
 )
 from sbc.errors import SBCError
 
@@ -73,36 +74,9 @@ LOG_CAP = 700.0
 
 
 # ---------------------------------------------------------------------------------------------
-# The alternatives: exact rank distributions of a wrong normal posterior, and histograms
+# The alternatives: exact rank distributions of a wrong normal posterior (`rank_model`), and
+# histograms
 # ---------------------------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=512)
-def rank_pmf(L: int, scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
-    """P(rank = r), r = 0..L, when the posterior is wrong in a normal way.
-
-    If the correct posterior of a quantity is N(m, s²) (so the truth, given the data, is
-    N(m, s²) too) and the fitted one is N(m + shift·s, (scale·s)²), then with
-    z = (truth − m)/s ~ N(0, 1) each of the L draws is below the truth with probability
-    u = Φ((z − shift)/scale), and the rank is Binomial(L, u) given z. The mixture over z is
-    computed by quadrature and normalised to sum to exactly 1. scale < 1: posterior too
-    narrow (∪); scale > 1: too wide (∩); shift > 0: draws too high (ranks low).
-    """
-    if L < 1 or scale <= 0:
-        raise ValueError("L must be ≥ 1 and scale > 0")
-    h = min(0.005, 0.2 * scale / math.sqrt(L))
-    z = np.linspace(-9.0, 9.0, round(18.0 / h) + 1)
-    x = (z - shift) / scale
-    log_u, log_1mu = special.log_ndtr(x), special.log_ndtr(-x)  # log Φ(x), log(1 − Φ(x))
-    r = np.arange(L + 1)
-    log_choose = special.gammaln(L + 1) - special.gammaln(r + 1) - special.gammaln(L - r + 1)
-    log_binom = (
-        log_choose[None, :] + r[None, :] * log_u[:, None] + (L - r)[None, :] * log_1mu[:, None]
-    )
-    pmf = np.exp(log_binom + stats.norm.logpdf(z)[:, None]).sum(axis=0)
-    pmf = pmf / pmf.sum()
-    pmf.setflags(write=False)
-    return pmf
 
 
 @dataclass(frozen=True)
@@ -340,10 +314,10 @@ class Rejection:
 class SequentialMonitor:
     """Anytime-valid calibration tests for a study whose simulations arrive one by one.
 
-    quantities: the scalar quantities ranked in every simulation (the family). With
-    `groups` (default: automatic, as in `verdicts`) each group-level matrix b[j,q] also
-    gets a pooled row b[*,q] whose factor per simulation is the mean of its members'
-    factors, valid under any dependence between the members.
+    quantities: the scalar quantities ranked in every simulation (the family). `pool`: the
+    variables (as the study declares them, e.g. ["b"]) whose components b[j,q] are also
+    monitored as pooled rows b[*,q], with the pooled e-process of `sbc.analysis.pooled`
+    (valid under any dependence between the members).
     L: rank resolution, used when a row has no "L" (rows' own L is used otherwise).
     alpha: family-wise false-alarm rate over all looks. look_every: test after every k-th
     ranked simulation (looks never hurt validity; fewer looks only delay detection).
@@ -360,7 +334,7 @@ class SequentialMonitor:
         alpha: float = 0.01,
         look_every: int = 1,
         *,
-        groups: bool | Iterable[str] = True,
+        pool: Sequence[str] = (),
         design: Design = DEFAULT_DESIGN,
     ):
         names = list(dict.fromkeys(quantities))
@@ -378,19 +352,19 @@ class SequentialMonitor:
         self.look_every = int(look_every)
         self.design = design
         self._qindex = {q: i for i, q in enumerate(names)}
-        grouped = group_variables(names, groups)
         pooled: dict[str, list[int]] = {}
         for i, q in enumerate(names):
             base, idx = parse_quantity(q)
-            if base in grouped and idx:
+            if base in set(pool) and idx:
                 pooled.setdefault(pooled_name(q), []).append(i)
-        self.units = sort_quantities([*names, *pooled], groups=grouped)
+        self.units = order_quantities([*names, *pooled], pool, names)
         self._members = [
             np.array(pooled[u]) if u in pooled else np.array([self._qindex[u]]) for u in self.units
         ]
         self._scalar_units = np.array([k for k, u in enumerate(self.units) if u not in pooled])
         self._scalar_q = np.array([self._members[k][0] for k in self._scalar_units], dtype=int)
         self._pooled_units = [k for k, u in enumerate(self.units) if u in pooled]
+        self._bets = {k: PooledBets() for k in self._pooled_units}
         U = len(self.units)
         self._lp, self._lh = design.log_weights()
         self._log_param = np.zeros((U, len(self._lp)))
@@ -415,7 +389,7 @@ class SequentialMonitor:
         look_every: int = 1,
         *,
         failed: Iterable[int] = (),
-        groups: bool | Iterable[str] = True,
+        pool: Sequence[str] = (),
         design: Design = DEFAULT_DESIGN,
     ) -> SequentialMonitor:
         """Replay a ranks table (columns sim, quantity, rank, L): the state a monitor fed the
@@ -426,7 +400,7 @@ class SequentialMonitor:
             if ranks_df.empty:
                 raise SBCError("no ranks to replay and no quantities given")
             quantities = list(dict.fromkeys(ranks_df["quantity"]))
-        mon = cls(quantities, L, alpha, look_every, groups=groups, design=design)
+        mon = cls(quantities, L, alpha, look_every, pool=pool, design=design)
         for sim in failed:
             mon.skip(int(sim))
         if not ranks_df.empty:
@@ -542,19 +516,12 @@ class SequentialMonitor:
                 self._log_hist[u, j] += np.log(p_hat) - log_pi[j, q]
                 c[u, bins[j, q]] += 1.0
             self._seen[u] += 1.0
-        # pooled units: the mean of the members' factors
+        # pooled units: one bet per simulation on the mean over the members
         for k in self._pooled_units:
             m = self._members[k][present[self._members[k]]]
-            if m.size == 0:
-                continue
-            self._log_param[k] += special.logsumexp(plog[m], axis=0) - math.log(m.size)
-            for j, B in enumerate(self.design.bins):
-                c = self._counts[j]
-                p_hat = (c[k] + a) / (self._seen[k] + a * B)
-                factor = np.mean(p_hat[bins[j, m]] / np.exp(log_pi[j, m]))
-                self._log_hist[k, j] += math.log(factor)
-                np.add.at(c[k], bins[j, m], 1.0)
-            self._seen[k] += m.size
+            if m.size:
+                self._bets[k].update(r[m], Ls[m])
+                self._seen[k] += m.size
         self._log.append((sim, r.copy(), Ls.copy()))
         self.n_sims += 1
         if self.n_sims % self.look_every == 0:
@@ -566,7 +533,10 @@ class SequentialMonitor:
         parts = np.concatenate(
             [self._log_param + self._lp[None, :], self._log_hist + self._lh[None, :]], axis=1
         )
-        return special.logsumexp(parts, axis=1)
+        out = special.logsumexp(parts, axis=1)
+        for k, bets in self._bets.items():
+            out[k] = bets.log_e()
+        return out
 
     def _table(self) -> pd.DataFrame:
         log_e = self.log_e_values()
@@ -608,9 +578,8 @@ class SequentialMonitor:
         )
 
     def _shape(self, unit: str) -> str:
-        """The shape in `sbc check`'s words: the location/spread tests of
-        `calibration.shape_diagnosis` at level alpha on the ranks so far, else the alternative
-        of the e-process that carries the most evidence."""
+        """The shape in `sbc check`'s words (`shape.fit_shape` on the ranks so far, tests at
+        level alpha), else the alternative of the e-process that carries the most evidence."""
         k = self.units.index(unit)
         members = self._members[k]
         sims = np.array([s for s, _, _ in self._log])
@@ -619,8 +588,8 @@ class SequentialMonitor:
         ok = r >= 0
         ranks, L = common_ranks(pd.DataFrame({"rank": r[ok], "L": Ls[ok]}))
         clusters = np.broadcast_to(sims[:, None], r.shape)[ok] if members.size > 1 else None
-        shape = shape_diagnosis(ranks, L, alpha=self.alpha, p_value=0.0, clusters=clusters)
-        if shape not in (CALIBRATED, UNCLEAR):
+        shape = shape_words(fit_shape(ranks, L, clusters), self.alpha)
+        if shape != UNCLEAR or k in self._bets:
             return shape
         parts = np.concatenate([self._log_param[k] + self._lp, self._log_hist[k] + self._lh])
         best = int(np.argmax(parts))
@@ -630,9 +599,9 @@ class SequentialMonitor:
         scale, shift = grid[best]
         if scale != 1.0:
             words = TOO_NARROW if scale < 1 else TOO_WIDE
-            return f"{words} (closest alternative: sd × {scale:.2g})"
+            return f"posterior {words} (closest alternative: sd × {scale:.2g})"
         words = BIASED_UP if shift > 0 else BIASED_DOWN
-        return f"{words} (closest alternative: shift {shift:+.2g} sd)"
+        return f"posterior {words} (closest alternative: shift {shift:+.2g} sd)"
 
     def decision(self) -> Rejection | None:
         """The first look at which a quantity was rejected, or None (keep going)."""
@@ -653,12 +622,6 @@ class SequentialMonitor:
     def pending(self) -> list[int]:
         """Simulations received ahead of a gap, waiting for it to be filled."""
         return sorted(self._pending)
-
-    def progress(self) -> str:
-        """A short line for a progress bar: the largest e-value and its threshold."""
-        table = self._table()
-        top = table.loc[table["log10_e"].idxmax()]
-        return f"max e {top['e_value']:.3g}/{top['threshold']:.3g} ({top['quantity']})"
 
 
 def false_alarm_bound(alarms: int, studies: int, confidence: float = 0.95) -> float:
