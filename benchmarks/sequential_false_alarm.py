@@ -9,8 +9,8 @@ each, 100 exact posterior draws, L = 100), simulated many studies at once with t
 simulator (`sbc.simulators.normal.simulate`), the real backend (`ExactNormalBackend.fit`,
 whose `sd_scale` makes the wrong variants) and the real ranking (`sbc.ranks.rank_of_truth`),
 on one array whose columns are (study, simulation, quantity). The monitor is evaluated with
-`sbc.analysis.sequential.first_rejections`, the vectorised `SequentialMonitor`; a subset of studies is
-replayed through `SequentialMonitor` itself to show they agree exactly.
+`sbc.analysis.sequential.first_rejections`, the vectorised `SequentialMonitor`; a subset of
+studies is replayed through `SequentialMonitor` itself to show they agree exactly.
 
 1. False alarms: calibrated studies, looks after every simulation (and every 25), up to
    `--sims` simulations each; share of studies with any rejection, with its one-sided 95 %
