@@ -117,17 +117,31 @@ class PooledBets:
 
 
 def pooled_log_e_process(matrix: np.ndarray, L: int) -> np.ndarray:
-    """log E_n after each simulation n = 1..S of an (S, J) rank matrix (−1 = missing)."""
+    """log E_n after each simulation n = 1..S of rank matrices shaped (..., S, J), −1 where a
+    member is missing; leading axes are independent studies (for benchmarks)."""
     G = bet_table(L)
     present = matrix >= 0
-    counts = present.sum(axis=1)
-    gsum = np.where(present[None, :, :], G[:, np.maximum(matrix, 0)], 0.0).sum(axis=2)
-    gbar = np.where(counts > 0, gsum / np.maximum(counts, 1), 0.0)  # (A, S)
+    counts = present.sum(axis=-1)  # (..., S)
     lam = np.asarray(BET_FRACTIONS)
-    with np.errstate(divide="ignore"):
-        steps = np.log1p(gbar[:, None, :] * lam[None, :, None])  # (A, F, S)
-    log_w = np.cumsum(steps, axis=2).reshape(-1, matrix.shape[0])
-    return special.logsumexp(log_w, axis=0) - math.log(log_w.shape[0])
+    log_w = []
+    for g in G:  # one bet at a time keeps memory at the size of the input
+        gbar = np.where(present, g[np.maximum(matrix, 0)], 0.0).sum(axis=-1)
+        gbar = np.where(counts > 0, gbar / np.maximum(counts, 1), 0.0)
+        with np.errstate(divide="ignore"):
+            log_w.append(np.cumsum(np.log1p(gbar[..., None, :] * lam[:, None]), axis=-1))
+    stacked = np.concatenate(log_w, axis=-2)  # (..., A·F, S)
+    return special.logsumexp(stacked, axis=-2) - math.log(stacked.shape[-2])
+
+
+def single_member_ranks(matrix: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """Per simulation, the rank of member (sim mod present members): a choice that does not
+    look at the ranks, so the S picked ranks are independent and uniform under the null."""
+    present = matrix >= 0
+    order = np.argsort(~present, axis=-1, kind="stable")  # present members first, in order
+    n_present = present.sum(axis=-1)
+    pos = np.asarray(sims) % np.maximum(n_present, 1)
+    cols = np.take_along_axis(order, pos[..., None], axis=-1)
+    return np.take_along_axis(matrix, cols, axis=-1)[..., 0]
 
 
 class PooledResult(NamedTuple):
@@ -153,12 +167,7 @@ def pooled_test(
     log_e = pooled_log_e_process(matrix, L)
     e_max_log = float(max(0.0, log_e.max()))
     p_e = min(1.0, math.exp(-e_max_log))
-    present = matrix >= 0
-    pick = np.empty(sims.size, dtype=np.int64)
-    for i, sim in enumerate(sims):
-        cols = np.flatnonzero(present[i])
-        pick[i] = matrix[i, cols[int(sim) % cols.size]]
-    p_single = gamma_test(pick, L).p_value
+    p_single = gamma_test(single_member_ranks(matrix, sims.astype(np.int64)), L).p_value
     p = min(1.0, 2.0 * min(p_e, p_single))
     return PooledResult(p, p_e, p_single, math.exp(min(e_max_log, 700.0)), int(sims.size))
 

@@ -169,9 +169,10 @@ def _log_binom_pmf(k: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
     return np.where(ok, out, -np.inf)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def gamma_null_cdf(gamma: float, N: int, L: int, K: int) -> float:
     """P(Γ ≤ gamma) for N independent uniform ranks on 0..L at resolution K, exactly (or the
-    union bound, an upper bound, below `UNION_BOUND_BELOW`)."""
+    union bound, an upper bound, below `UNION_BOUND_BELOW`). Cached: Γ takes few values."""
     if gamma >= 1.0:
         return 1.0
     _, z = grid(L, K)
