@@ -30,6 +30,7 @@ TRACE_CANDIDATES = 5
 SPLITS = (
     ("divergences", ("divergences",)),
     ("ESS per kept draw", ("ess_bulk_min", "ess_tail_min")),
+    ("R-hat", ("rhat_max",)),
 )
 
 
@@ -387,6 +388,16 @@ def _diagnostics_table(cal: Calibration) -> str:
         "above; the splits below test the flagged fits apart from the rest, which shows "
         "whether the flags matter for calibration."
     )
+    d = cal.diagnostics.set_index("diagnostic")
+    short = [c for c in ("ess_bulk_min", "ess_tail_min") if c in d.index and d.at[c, "known"]]
+    worst = max((float(d.at[c, "share"]) for c in short), default=0.0)
+    if worst > 0.25:
+        intro += (
+            f" {worst:.0%} of fits keep draws that are far from independent (ESS / L < 0.5): "
+            "their ranks are uniform only approximately. The split by ESS per kept draw below "
+            "says whether that shows at this number of simulations; if it does, sample longer "
+            "or thin more (benchmarks/budget.py measures the trade-off)."
+        )
     header = ["diagnostic", "rule", "flagged", "known", "share", "why"]
     return f'<p class="explain">{h.e(intro)}</p>' + h.table(
         header, rows, {2, 3, 4}, classes, css="compact"
@@ -453,13 +464,19 @@ def _split_section(cal: Calibration, label: str, columns: tuple[str, ...]) -> st
     kind = sv.table["quantity"].map(
         dict(zip(cal.table["quantity"], cal.table["kind"], strict=True))
     )
-    shown, folded = _fold_rows(sv.table, failing, kind)
     parts = [
         f"<h3>Split by {h.e(label)}</h3>",
         f"<p>{h.e(text)}</p>",
         f"<p><strong>{h.e(_split_result(sv))}</strong></p>",
-        _split_table(shown, sv.n_flagged, sv.n_clean),
     ]
+    if not failing.any():  # nothing to see: the table stays one click away
+        table = _split_table(sv.table, sv.n_flagged, sv.n_clean)
+        parts.append(
+            f"<details><summary>Both sides, quantity by quantity</summary>{table}</details>"
+        )
+        return "\n".join(parts)
+    shown, folded = _fold_rows(sv.table, failing, kind)
+    parts.append(_split_table(shown, sv.n_flagged, sv.n_clean))
     if len(folded):
         parts.append(_folded(len(folded), _split_table(folded, sv.n_flagged, sv.n_clean)))
     return "\n".join(parts)
@@ -468,9 +485,9 @@ def _split_section(cal: Calibration, label: str, columns: tuple[str, ...]) -> st
 def _split_result(sv: SplitVerdicts) -> str:
     """The split in one sentence: how many quantities fail on each side."""
     sides = []
-    for label, v in (("flagged", sv.flagged), ("not flagged", sv.clean)):
+    for label, v in (("the flagged fits", sv.flagged), ("the others", sv.clean)):
         bad = (~v["calibrated"].astype(bool)).sum() if len(v) else 0
-        sides.append(f"{bad} of {len(v)} quantities fail among fits {label}")
+        sides.append(f"{bad} of {len(v)} quantities fail among {label}")
     return "; ".join(sides) + "."
 
 
