@@ -23,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MultipleLocator, PercentFormatter
 
+from sbc.analysis import coverage as cov
 from sbc.analysis import pooled as pl
 from sbc.analysis import uniformity as uni
 from sbc.analysis.quantities import Panel, common_ranks, pooled_name, quantity_panels
@@ -255,6 +256,120 @@ def coverage_plot(
             axis.set_major_locator(MultipleLocator(0.2))
             axis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.set_xlabel("nominal", fontsize=7)
+        _title(ax, panel)
+    return fig
+
+
+def coverage_diff_plot(
+    data: Data,
+    alpha: float = uni.BAND_ALPHA,
+    pool: Sequence[str] = (),
+    max_group_members: int = MAX_GROUP_MEMBERS,
+    max_cols: int = MAX_COLS,
+    max_panels: int = MAX_PANELS,
+) -> Figure:
+    """Coverage minus width of central intervals at every width from 0 to 1, with a
+    simultaneous (1 − alpha) band, as R SBC's `plot_coverage_diff`. Below zero: intervals of
+    that width are too narrow (overconfident); above: too wide.
+
+    Coverage comes from the ranks: ordering the rank values from the centre outwards, the
+    coverage of the m most central ones is the ECDF of each truth's position in that order
+    (`coverage.centrality_ranks`), which is uniform under calibration, so the γ band (for
+    pooled panels, the band valid under any dependence) is a simultaneous band here too."""
+    cal = _calibration(data, pool)
+    panels, note = _panels(cal, max_group_members, max_panels)
+    title = (
+        f"Coverage − width of central intervals ({_study_label(cal.ranks)}); "
+        f"shaded: {1 - alpha:.0%} simultaneous band{note}"
+    )
+    fig, axes = _grid(len(panels), max_cols, title)
+    for ax, panel in zip(axes, panels, strict=True):
+        ranks, L = common_ranks(panel.rows)
+        central = cov.centrality_ranks(ranks, L)
+        if panel.clusters is None:
+            z, d = uni.ecdf_diff(central, L)
+            zb, lo, hi = uni.ecdf_band(central.size, L, alpha)
+        else:
+            S = int(np.unique(panel.clusters).size)
+            K = pl.pooled_n_eval(S, L)
+            z, d = uni.ecdf_diff(central, L, n_eval_points=K)
+            zb, lo, hi = pl.pooled_band(S, L, K, alpha)
+        ax.fill_between(zb, lo - zb, hi - zb, step="post", color=_BAND, alpha=0.6, lw=0)
+        ax.axhline(0, color=_GREY, lw=0.6, ls="--")
+        ax.step(z, d, where="post", color="black", lw=1.0)
+        ax.set_xlim(0, 1)
+        lim = max(np.abs(hi - zb).max(), np.abs(lo - zb).max(), np.abs(d).max()) * 1.1
+        ax.set_ylim(-lim, lim)
+        ax.set_xlabel("width of the central interval", fontsize=7)
+        _title(ax, panel)
+    return fig
+
+
+def _estimates(cal: Calibration, max_group_members: int, max_panels: int):
+    panels, note = _panels(cal, max_group_members, max_panels)
+    out = []
+    for panel in panels:
+        rows = panel.rows
+        truth = rows["truth"].to_numpy(float)
+        mean, sd = rows["mean"].to_numpy(float), rows["sd"].to_numpy(float)
+        out.append((panel, truth, mean, sd))
+    return out, note
+
+
+def recovery_plot(
+    data: Data,
+    pool: Sequence[str] = (),
+    max_group_members: int = MAX_GROUP_MEMBERS,
+    max_cols: int = MAX_COLS,
+    max_panels: int = MAX_PANELS,
+) -> Figure:
+    """Posterior mean against the truth, one point per simulation, with mean ± 1.645
+    posterior sd (a 90 % interval if the posterior is close to normal) and the diagonal, as R
+    SBC's `plot_sim_estimated`. Points on the diagonal with short bars: the data identify the
+    quantity; a flat cloud: the posterior is the prior."""
+    cal = _calibration(data, pool)
+    items, note = _estimates(cal, max_group_members, max_panels)
+    title = f"Posterior mean vs truth ({_study_label(cal.ranks)}); bars: mean ± 1.645 sd{note}"
+    fig, axes = _grid(len(items), max_cols, title)
+    for ax, (panel, truth, mean, sd) in zip(axes, items, strict=True):
+        ax.errorbar(truth, mean, yerr=1.645 * sd, fmt="o", ms=2, color=_BAR, ecolor=_BAND,
+                    elinewidth=0.6, alpha=0.7)  # fmt: skip
+        lo = float(np.nanmin([truth.min(), (mean - 1.645 * sd).min()]))
+        hi = float(np.nanmax([truth.max(), (mean + 1.645 * sd).max()]))
+        ax.plot([lo, hi], [lo, hi], color=_GREY, lw=0.8, ls="--")
+        ax.set_xlabel("truth", fontsize=7)
+        ax.set_ylabel("posterior mean", fontsize=7)
+        _title(ax, panel)
+    return fig
+
+
+def contraction_plot(
+    data: Data,
+    pool: Sequence[str] = (),
+    max_group_members: int = MAX_GROUP_MEMBERS,
+    max_cols: int = MAX_COLS,
+    max_panels: int = MAX_PANELS,
+) -> Figure:
+    """Posterior sd / prior sd against the z-score (posterior mean − truth)/posterior sd, one
+    point per simulation (Schad, Betancourt & Vasishth 2021; R SBC's `plot_contraction`).
+    The prior sd is that of the truths over simulations (they are prior draws). Low on the y
+    axis: the data are informative; z-scores mostly within ±2: no bias at that precision."""
+    cal = _calibration(data, pool)
+    items, note = _estimates(cal, max_group_members, max_panels)
+    title = f"Posterior sd / prior sd vs z-score ({_study_label(cal.ranks)}){note}"
+    fig, axes = _grid(len(items), max_cols, title)
+    for ax, (panel, truth, mean, sd) in zip(axes, items, strict=True):
+        prior_sd = float(np.std(truth, ddof=1)) if truth.size > 1 else np.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (mean - truth) / sd
+            ratio = sd / prior_sd
+        ax.scatter(z, ratio, s=4, color=_BAR, alpha=0.6, lw=0)
+        for x in (-2, 0, 2):
+            ax.axvline(x, color=_GREY, lw=0.6, ls="--" if x else "-")
+        ax.set_ylim(0, max(1.05, float(np.nanmax(ratio)) * 1.05) if np.isfinite(ratio).any()
+                    else 1.05)  # fmt: skip
+        ax.set_xlabel("z-score", fontsize=7)
+        ax.set_ylabel("posterior sd / prior sd", fontsize=7)
         _title(ax, panel)
     return fig
 

@@ -22,11 +22,11 @@ def ranks_df() -> pd.DataFrame:
         {
             "sim": s,
             "quantity": q,
-            "truth": 0.0,
+            "truth": float(rng.normal()),
             "rank": int(rng.integers(0, L + 1)),
             "L": L,
-            "mean": 0.0,
-            "sd": 1.0,
+            "mean": float(rng.normal()),
+            "sd": float(rng.uniform(0.2, 1.0)),
         }
         for s in range(30)
         for q in names
@@ -38,7 +38,17 @@ def ranks_df() -> pd.DataFrame:
 EXPECTED_PANELS = 10
 
 
-@pytest.mark.parametrize("make", [plots.rank_histograms, plots.ecdf_diff, plots.coverage_plot])
+@pytest.mark.parametrize(
+    "make",
+    [
+        plots.rank_histograms,
+        plots.ecdf_diff,
+        plots.coverage_plot,
+        plots.coverage_diff_plot,
+        plots.recovery_plot,
+        plots.contraction_plot,
+    ],
+)
 def test_rank_plots_have_one_panel_per_quantity_and_save(make, ranks_df, tmp_path):
     fig = make(ranks_df, pool=["b"])
     assert isinstance(fig, Figure)

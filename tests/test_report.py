@@ -128,7 +128,8 @@ def test_verdict_table_marks_failing_quantities_only_when_miscalibrated(studies)
 def test_report_is_self_contained_with_valid_pngs(studies):
     for name, (_, page) in studies.items():
         images = embedded_pngs(page)
-        expected = 4 if name == "calibrated" else 3  # + the trace plot of kept draws
+        plots_drawn = len(sections._PLOTS)
+        expected = plots_drawn + 1 if name == "calibrated" else plots_drawn  # + trace plot
         assert len(images) == page.count("<img ") == expected
         for png in images:
             assert png.startswith(PNG_MAGIC)
@@ -235,7 +236,7 @@ def test_report_on_a_study_while_it_runs(tmp_path):
     assert page.rstrip().endswith("</html>")
     assert "Partial results: 5 of 40 simulations are stored." in page
     assert "has not finished" in page
-    assert "5 stored of 40" in page and len(embedded_pngs(page)) == 3
+    assert "5 stored of 40" in page and len(embedded_pngs(page)) == len(sections._PLOTS)
     res = sbc.load(folder)
     assert len(res.simulations) == 40 and sections.progress_notice(res) == ""
 
@@ -384,8 +385,8 @@ def test_chromium_renders_the_report(studies, tmp_path):
     dom = _chromium_run(exe, tmp_path, "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "SBC report: narrow" in dom.stdout
-    assert dom.stdout.count("<img ") == page.count("<img ") == 3
-    assert len(DATA_PNG.findall(dom.stdout)) == 3
+    assert dom.stdout.count("<img ") == page.count("<img ") == len(sections._PLOTS)
+    assert len(DATA_PNG.findall(dom.stdout)) == len(sections._PLOTS)
 
 
 def test_png_helper_sizes_images_in_css_pixels():

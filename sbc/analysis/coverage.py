@@ -86,3 +86,15 @@ def coverage_curve(
     """Coverage at each central width (R SBC's coverage plots): mean h_w(r) per width."""
     r = np.asarray(ranks)
     return np.array([interval_hits(r, L, float(w)).mean() for w in widths])
+
+
+def centrality_ranks(ranks: np.ndarray, L: int) -> np.ndarray:
+    """Each rank's position when the L + 1 rank values are ordered from the centre outwards
+    (ties: the lower value first). Uniform on 0..L under calibration, and the share of
+    positions below m is the coverage of the m most central rank values: the ECDF of these
+    positions is the coverage curve, and the γ band applies to it unchanged."""
+    values = np.arange(L + 1)
+    order = np.lexsort((values, np.abs(2 * values - L)))
+    position = np.empty(L + 1, dtype=np.int64)
+    position[order] = values
+    return position[np.asarray(ranks, dtype=np.int64)]

@@ -335,6 +335,26 @@ _PLOTS: list[tuple[str, Callable[[Calibration], Figure], str]] = [
         "calibration). Points below the diagonal = intervals too narrow (overconfident), "
         "above = too wide.",
     ),
+    (
+        "Coverage difference at every width",
+        plots.coverage_diff_plot,
+        "Coverage minus width of the central interval, for every width from 0 to 1, with a 95 % "
+        "simultaneous band. Below zero: intervals of that width are too narrow "
+        "(overconfident); above: too wide.",
+    ),
+    (
+        "Posterior mean vs truth",
+        plots.recovery_plot,
+        "One point per simulation, with mean ± 1.645 posterior sd. On the diagonal with short "
+        "bars: the data identify the quantity; a flat cloud: the posterior is the prior.",
+    ),
+    (
+        "Contraction",
+        plots.contraction_plot,
+        "Posterior sd relative to the prior sd (the sd of the truths) against the z-score "
+        "(posterior mean − truth)/posterior sd. Low: the data are informative; z mostly "
+        "within ±2: no bias at that precision.",
+    ),
 ]
 
 

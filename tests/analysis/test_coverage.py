@@ -66,3 +66,16 @@ def test_too_narrow_posteriors_undercover():
     rng = np.random.default_rng(33)
     est, _, hi = cov.rank_coverage(exact_ranks(rng, 500, sd_scale=0.7), 100, 0.9)
     assert hi < 0.9 and 0.6 < est < 0.8
+
+
+@pytest.mark.parametrize("L", [1, 4, 9, 100])
+def test_centrality_ranks_are_a_permutation_from_the_centre_out(L):
+    # Deterministic: a permutation of 0..L (so uniform ranks stay uniform), the central value
+    # first, and the m most central values always a central interval of rank values.
+    pos = cov.centrality_ranks(np.arange(L + 1), L)
+    assert sorted(pos) == list(range(L + 1))
+    order = np.argsort(pos)
+    for m in range(1, L + 2):
+        chosen = np.sort(order[:m])
+        assert np.all(np.diff(chosen) == 1)  # contiguous
+        assert abs((chosen[0] + chosen[-1]) - L) <= 1  # centred
