@@ -45,8 +45,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", help="run only studies whose label contains this")
     ap.add_argument("--keep", action="store_true", help="keep the results folders")
+    ap.add_argument("--out", type=Path, help="results folder to use (and resume; kept)")
     args = ap.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="sbc-correct-"))
+    scratch = args.out or Path(tempfile.mkdtemp(prefix="sbc-correct-"))
+    args.keep |= args.out is not None
     print(f"correct_models: {args.sims} simulations, results in {scratch}")
     print(f"{'study':32} {'seed':>9} {'verdict':>8} {'min p_holm':>11} {'wall s':>7}  failing")
     ok = True
