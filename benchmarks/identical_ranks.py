@@ -7,9 +7,10 @@ change").
 Runs each study with the baseline checkout and with this one, in one run, each as its own
 `sbc run` child process with that checkout first on PYTHONPATH (`_common.sbc_run`), so it and
 its worker processes run that checkout's sbc, simulators and study file. Then it compares the
-two `ranks` tables row by row with ==, every column (truth, rank, L, mean, sd, interval hits),
-and the simulations' status and seed. Run it from this checkout's environment (`pip install
--e .`): this checkout's backends are found through its installed entry points.
+two `ranks` tables row by row with ==, every column they share (truth, rank, L, mean, sd), and
+the simulations' status and seed; a column only one of them has is named, not compared (sbc
+0.1 wrote interval hits, which later versions derive from the ranks). Run it from this
+checkout's environment (`pip install -e .`): its backends are found through its entry points.
 
 Default studies: `lmm_sbc.toml --sims 20` and the exact-backend studies, whole. Exit code 0 if
 every study is identical, 1 otherwise.
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {label:8s} {path} ({_commit(path)})")
     print()
     work = scratch("sbc-bench-identical-", keep=args.keep)
-    print(f"{'study':28s} {'sims':>5s} {'rank rows':>9s}  {'ranks':22s} seconds (baseline / this)")
+    print(f"{'study':28s} {'sims':>5s} {'rank rows':>9s}  seconds (baseline / this)  ranks")
     same = True
     for entry in args.studies:
         file, _, sims = entry.partition(":")
@@ -66,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                           code=code)  # fmt: skip
             seconds.append(run.wall)
         n_sims, n_rows, verdict = compare(folders["baseline"], folders["this"])
-        same &= verdict == "identical"
+        same &= verdict.startswith("identical")
         label = f"{file} --sims {sims}" if sims else file
-        print(f"{label:28s} {n_sims:5d} {n_rows:9d}  {verdict:22s} "
-              f"{seconds[0]:.1f} / {seconds[1]:.1f}")  # fmt: skip
+        times = f"{seconds[0]:.1f} / {seconds[1]:.1f}"
+        print(f"{label:28s} {n_sims:5d} {n_rows:9d}  {times:24s}  {verdict}")
     print()
     print("all identical" if same else "DIFFERENT: see above")
     if args.keep:
@@ -93,20 +94,32 @@ def _git(git: list[str], *args: str) -> str:
 
 
 def compare(a: Path, b: Path) -> tuple[int, int, str]:
-    """(simulations, rank rows, verdict) for two results folders of the same study."""
-    tables = []
-    for folder in (a, b):
-        with sqlite3.connect(f"file:{folder / 'sbc.sqlite'}?mode=ro", uri=True) as con:
-            sims = con.execute("SELECT sim, status, seed FROM simulations ORDER BY sim").fetchall()
-            ranks = con.execute("SELECT * FROM ranks ORDER BY sim, quantity").fetchall()
-        tables.append((sims, ranks))
-    (sims_a, ranks_a), (sims_b, ranks_b) = tables
-    if sims_a != sims_b:
-        return len(sims_b), len(ranks_b), "simulations differ"
-    if len(ranks_a) != len(ranks_b):
-        return len(sims_b), len(ranks_b), f"{len(ranks_a)} vs {len(ranks_b)} rows"
-    differ = sum(row_a != row_b for row_a, row_b in zip(ranks_a, ranks_b, strict=True))
-    return len(sims_b), len(ranks_b), "identical" if not differ else f"{differ} rows differ"
+    """(simulations, rank rows, verdict) for two results folders of the same study.
+
+    Every column the two ranks tables share is compared; a column only one of them has
+    (a version that stopped writing it) is named in the verdict, not compared."""
+    cons = [sqlite3.connect(f"file:{f / 'sbc.sqlite'}?mode=ro", uri=True) for f in (a, b)]
+    try:
+        columns = [[row[1] for row in con.execute("PRAGMA table_info(ranks)")] for con in cons]
+        shared = [c for c in columns[0] if c in columns[1]]
+        select = f"SELECT {', '.join(f'{c!r}' for c in shared)} FROM ranks ORDER BY sim, quantity"
+        sims = [c.execute("SELECT sim, status, seed FROM simulations ORDER BY sim").fetchall()
+                for c in cons]  # fmt: skip
+        ranks = [con.execute(select).fetchall() for con in cons]
+    finally:
+        for con in cons:
+            con.close()
+    only = [f"{side} only: {', '.join(c for c in cols if c not in shared)}"
+            for side, cols in zip(("baseline", "this"), columns, strict=True)
+            if set(cols) - set(shared)]  # fmt: skip
+    note = f" ({'; '.join(only)})" if only else ""
+    if sims[0] != sims[1]:
+        return len(sims[1]), len(ranks[1]), "simulations differ"
+    if len(ranks[0]) != len(ranks[1]):
+        return len(sims[1]), len(ranks[1]), f"{len(ranks[0])} vs {len(ranks[1])} rows"
+    differ = sum(x != y for x, y in zip(ranks[0], ranks[1], strict=True))
+    verdict = "identical" if not differ else f"{differ} rows differ"
+    return len(sims[1]), len(ranks[1]), verdict + note
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ def _columns(folder) -> list[str]:
 
 
 def _result(sim: int, **diagnostics) -> SimulationResult:
-    rank = {"quantity": "mu", "truth": 0.5, "rank": 3, "L": 9, "mean": 0.4, "sd": 1.0,
-            "hit50": True, "hit80": True, "hit90": True, "hit95": True}  # fmt: skip
+    rank = {"quantity": "mu", "truth": 0.5, "rank": 3, "L": 9, "mean": 0.4, "sd": 1.0}
     return SimulationResult(sim=sim, seed=7, status="ok", diagnostics=diagnostics, ranks=[rank])
 
 
