@@ -14,20 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sbc.store import TIMINGS, Diagnostic, Store
-
-#: The rules sbc applied to every study before backends declared their diagnostics
-#: (results written then record none): R-hat > 1.01 follows R SBC's default;
-#: divergences/treedepth > 0 R SBC's NUTS diagnostics; E-BFMI < 0.3 CmdStan's `diagnose`;
-#: ESS < 100 Stan's rule of thumb.
-_UNDECLARED_RULES = (
-    Diagnostic("divergences", "INTEGER", ">", 0),
-    Diagnostic("treedepth_hits", "INTEGER", ">", 0),
-    Diagnostic("ebfmi_min", "REAL", "<", 0.3),
-    Diagnostic("rhat_max", "REAL", ">", 1.01),
-    Diagnostic("ess_bulk_min", "REAL", "<", 100),
-    Diagnostic("ess_tail_min", "REAL", "<", 100),
-)
+from sbc.store import Diagnostic, Store
 
 
 @dataclass
@@ -42,16 +29,11 @@ class Results:
         return self.manifest.get("study", {}).get("name", self.folder.name)
 
     @property
-    def diagnostics(self) -> tuple[Diagnostic, ...]:
-        """The backend's diagnostics with their rules (columns of `simulations`), timings last.
-
-        Results written before backends declared them get the rules sbc applied then.
-        """
+    def diagnostics(self) -> tuple[Diagnostic, ...] | None:
+        """The columns of `simulations` the backend declared, with their rules (timings last);
+        None for results written before backends declared them (sbc 0.1: CmdStan's)."""
         declared = self.manifest.get("diagnostics")
-        if declared is None:
-            present = set(self.simulations.columns)
-            return tuple(d for d in (*_UNDECLARED_RULES, *TIMINGS) if d.name in present)
-        return tuple(Diagnostic.from_dict(d) for d in declared)
+        return None if declared is None else tuple(Diagnostic.from_dict(d) for d in declared)
 
     @property
     def pool(self) -> tuple[str, ...]:

@@ -31,9 +31,10 @@ class Diagnostic:
     """One per-simulation number a backend reports: its store column and when it flags a fit.
 
     `flag_when` (">" or "<") and `threshold` say which fits deserve a warning
-    (``divergences > 0``); a diagnostic without them is recorded and shown, never
-    flagged. `doc` says why the rule is what it is. Backends declare theirs
-    (`Backend.diagnostics`); the analysis reads them from the results manifest.
+    (``divergences > 0``), compared with the value divided by the fit's kept draws L if
+    `per_kept_draw` (``ess_bulk_min / L < 0.5``); a diagnostic without them is recorded and
+    shown, never flagged. `doc` says what it is and why the rule is what it is. Backends
+    declare theirs (`Backend.diagnostics`); results record them (`Results.diagnostics`).
     """
 
     name: str
@@ -41,6 +42,7 @@ class Diagnostic:
     flag_when: str | None = None
     threshold: float | None = None
     doc: str = ""
+    per_kept_draw: bool = False
 
     def __post_init__(self) -> None:  # declarations are code: a bad one is a bug, not input
         if not self.name.isidentifier() or self.name in BASE_COLUMNS:

@@ -71,13 +71,14 @@ def test_a_store_written_by_sbc_0_1_loads_and_resumes(tmp_path):
     shutil.copytree(DATA / "legacy_exact", folder)
     old = sbc.load(folder)
     assert len(old.simulations) == 5 and "return_code" in old.simulations
-    assert [d.name for d in old.diagnostics][:2] == ["divergences", "treedepth_hits"]
+    assert old.diagnostics is None  # sbc 0.1 did not record declarations
     before = old.ranks.copy()
 
     sbc.run(DATA / "legacy_exact.toml", sims=8, out=folder, workers=1, progress=False)
     resumed = sbc.load(folder)
     assert len(resumed.simulations) == 8 and (resumed.simulations["status"] == "ok").all()
     pd.testing.assert_frame_equal(resumed.ranks[resumed.ranks["sim"] < 5], before)
+    assert [d.name for d in resumed.diagnostics][:2] == ["divergences", "treedepth_hits"]
 
     fresh = sbc.run(DATA / "legacy_exact.toml", sims=8, out=tmp_path / "fresh", workers=1,
                     progress=False)  # fmt: skip
@@ -101,5 +102,5 @@ def test_declarations_are_checked_when_written():
         Diagnostic("seed", "INTEGER")
     with pytest.raises(ValueError, match="with a threshold"):
         Diagnostic("rhat", "REAL", ">")
-    d = Diagnostic("rhat", "REAL", ">", 1.01, "chains disagree")
+    d = Diagnostic("ess", "REAL", "<", 0.5, "kept draws near-independent", per_kept_draw=True)
     assert Diagnostic.from_dict(d.to_dict()) == d

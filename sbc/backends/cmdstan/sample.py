@@ -47,20 +47,24 @@ class SampleSettings:
             raise SBCError(f"[{section}] timeout: must be >= 0 seconds, got {self.timeout}", where)
 
 
-#: What `diagnose` reports per fit. Rules: divergences/treedepth > 0 follow R SBC's NUTS
-#: diagnostics; E-BFMI < 0.3 is CmdStan's `diagnose` threshold (R SBC uses 0.2); R-hat >
-#: 1.01 is R SBC's default; ESS < 100 is Stan's rule of thumb.
+#: What `diagnose` reports per fit, with the rules of `sbc.analysis.diagnostics`, which has
+#: their sources: divergences, max-treedepth hits, E-BFMI < 0.3 (CmdStan's `diagnose`), and
+#: ESS per kept draw < 0.5 (R SBC's `min_ess_to_rank`: the L ranked draws must be close to
+#: independent). R-hat's limit depends on L and the chains (the R-hat an ESS of L/2
+#: implies), which a fixed threshold cannot say: the analysis applies it.
 DIAGNOSTICS = (
     Diagnostic("divergences", "INTEGER", ">", 0, "divergent transitions after warm-up: the "
                "sampler missed part of the posterior"),
     Diagnostic("treedepth_hits", "INTEGER", ">", 0, "iterations that hit max_treedepth: "
                "trajectories cut short, exploration may be incomplete"),
-    Diagnostic("ebfmi_min", "REAL", "<", 0.3, "lowest E-BFMI over chains: the momentum "
+    Diagnostic("ebfmi_min", "REAL", "<", 0.3, "lowest E-BFMI over chains: momentum "
                "resampling cannot follow the energy (heavy tails, funnels)"),
-    Diagnostic("rhat_max", "REAL", ">", 1.01, "largest rank-normalised split R-hat: chains "
-               "disagree"),
-    Diagnostic("ess_bulk_min", "REAL", "<", 100, "smallest bulk effective sample size"),
-    Diagnostic("ess_tail_min", "REAL", "<", 100, "smallest tail (5 %, 95 %) effective sample size"),
+    Diagnostic("rhat_max", "REAL", doc="largest rank-normalised split R-hat: chains disagree "
+               "(flagged above sqrt(1 + chains/(L/2)), by the analysis)"),
+    Diagnostic("ess_bulk_min", "REAL", "<", 0.5, "smallest bulk effective sample size",
+               per_kept_draw=True),
+    Diagnostic("ess_tail_min", "REAL", "<", 0.5, "smallest tail (5 %, 95 %) effective sample "
+               "size", per_kept_draw=True),
     Diagnostic("stepsize", "REAL", doc="adapted step size, mean over chains"),
     Diagnostic("warmup_seconds", "REAL", doc="CmdStan's warm-up time, summed over chains"),
     Diagnostic("sampling_seconds", "REAL", doc="CmdStan's sampling time, summed over chains"),
