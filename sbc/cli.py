@@ -214,7 +214,7 @@ def _print_recovery(result) -> None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     d = result.diagnostics
     print()
-    keys = [rule.name for rule in result.rules if rule.flag_when]  # those with a warning rule
+    keys = [rule.name for rule in result.rules]  # what the backend declares, in its order
     shown = [f"{k}={d[k]:.3g}" if isinstance(d[k], float) else f"{k}={d[k]}"
              for k in keys if k in d]  # fmt: skip
     print("diagnostics: " + ", ".join(shown))
