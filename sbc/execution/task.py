@@ -10,6 +10,7 @@ import contextlib
 import io
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ class Task:
 
 
 #: The scratch folder of the simulation this process runs now (the local pool's watchdog
-#: removes it if the runner dies).
+#: removes it if the runner dies), made and removed under WORKDIR_LOCK: a watchdog that holds
+#: the lock knows no new folder will appear before it kills the process.
 CURRENT_WORKDIR: list[Path | None] = [None]
+WORKDIR_LOCK = threading.Lock()
 
 
 def run_simulation(task: Task) -> SimulationResult:
@@ -53,8 +56,9 @@ def run_simulation(task: Task) -> SimulationResult:
     sim_rng, fit_seed, rank_rng = simulation_seeds(task.master_seed, task.sim)
     timings: dict[str, float] = {}
     stage = "simulator"
-    workdir = Path(tempfile.mkdtemp(prefix=f"sim{task.sim}-", dir=task.tmp_root))
-    CURRENT_WORKDIR[0] = workdir
+    with WORKDIR_LOCK:
+        workdir = Path(tempfile.mkdtemp(prefix=f"sim{task.sim}-", dir=task.tmp_root))
+        CURRENT_WORKDIR[0] = workdir
     fit = None
     try:
         truth, data = call_simulator(task.simulator, sim_rng, task.simulator_args)
@@ -113,8 +117,9 @@ def run_simulation(task: Task) -> SimulationResult:
     finally:
         if fit is not None:
             task.backend.close(fit)
-        shutil.rmtree(workdir, ignore_errors=True)
-        CURRENT_WORKDIR[0] = None
+        with WORKDIR_LOCK:
+            shutil.rmtree(workdir, ignore_errors=True)
+            CURRENT_WORKDIR[0] = None
 
 
 def failed_result(task: Task, error: str) -> SimulationResult:

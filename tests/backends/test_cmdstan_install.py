@@ -22,7 +22,7 @@ import pytest
 from sbc.backends.cmdstan import install as sc
 from sbc.errors import SBCError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _real_cmdstan() -> str | None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sbc.execution.task import CURRENT_WORKDIR
+from sbc.execution.task import CURRENT_WORKDIR, WORKDIR_LOCK
 
 
 class LocalPool:
@@ -55,6 +55,7 @@ def worker_init(runner: int | None = None) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.25)
+        WORKDIR_LOCK.acquire()  # kept until the end: this process makes no new scratch folder
         workdir = CURRENT_WORKDIR[0]
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
