@@ -7,7 +7,7 @@ PLAN.json (written by overhead.py): {"exe": ..., "cmdstan": ..., "settings": {..
 model.sample(...) with the study's chains, parallel chains, iterations, adapt_delta and
 max_treedepth, then fit.draws() (reading the output), then its output folder is removed.
 This is the least a script must do to get the same posterior draws; the datasets and seeds
-are the study's own (sbc.runner.simulation_seeds), so the CmdStan work is identical.
+are the study's own (sbc.seeds.simulation_seeds), so the CmdStan work is identical.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def cpu_model() -> str:
 
 
 def cmdstan_info() -> str:
-    from sbc.cmdstan import cmdstan_version, ensure_cmdstan
+    from sbc.backends.cmdstan.install import cmdstan_version, ensure_cmdstan
 
     path = ensure_cmdstan(progress=False)
     return f"CmdStan {cmdstan_version(path)} ({path})"

@@ -5,8 +5,8 @@
 
 On real fits of the mixed model, in one process, each measurement repeated:
 
-* the backend's `diagnostics` (divergences, E-BFMI, R-hat and bulk/tail ESS of every
-  parameter from `sbc.convergence`); and R-hat and ESS alone, `sbc.convergence` against
+* the backend's `diagnose` (divergences, E-BFMI, R-hat and bulk/tail ESS of every
+  parameter from `sbc.backends.convergence`); and R-hat and ESS alone, that module against
   arviz-stats' array functions (which it replaced) on the same draws, with the one-off import
   each needs in a worker (arviz-stats comes with the `test` extra);
 * cmdstanpy's `exe_info()`: a process (`<exe> info`) that `CmdStanModel.sample` starts on
@@ -38,7 +38,8 @@ from _common import banner, load_str, table, write_study
 def import_seconds(statement: str) -> float:
     """Wall seconds a fresh interpreter needs for `statement` after the worker's usual imports."""
     code = (
-        "import time, sbc.runner, sbc.backends.cmdstan, cmdstanpy, sbc.simulators.lmm\n"
+        "import time, sbc.execution.task, sbc.backends.cmdstan.sample, cmdstanpy\n"
+        "import sbc.simulators.lmm\n"
         f"t = time.perf_counter()\n{statement}\nprint(time.perf_counter() - t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -61,24 +62,26 @@ def main() -> int:
     warnings.simplefilter("ignore")
     import cmdstanpy
 
-    from sbc.backends import cmdstan as cs
-    from sbc.callables import call_simulator
+    from sbc.backends.cmdstan import sample as cs
+    from sbc.execution.prepare import make_backend
     from sbc.ranks import derived_truth_and_draws, rank_rows
-    from sbc.runner import make_backend, simulation_seeds
+    from sbc.seeds import simulation_seeds
+    from sbc.simulate import call_simulator
     from sbc.study import load_study
 
     work = Path(tempfile.mkdtemp(prefix="sbc-bench-micro-"))
     sampler = {"warmup": 200, "draws": 200, "thin": 4} if args.quick else {}
     study = load_study(write_study(work, "bench_micro", **sampler))
-    backend = make_backend(study, parallel_chains=1)
+    backend = make_backend(study, cores=1)
     backend.prepare(progress=False)
     raw = cmdstanpy.CmdStanModel(exe_file=str(backend.exe_file))  # exe_info not cached
 
     from arviz_stats.base import array_stats
 
-    from sbc import convergence
+    from sbc.backends import convergence
 
     ours = convergence.convergence  # what the backend calls
+
     def arviz(x):
         kw = {"chain_axis": 1, "draw_axis": 2}
         return (array_stats.rhat(x, **kw), array_stats.ess(x, method="bulk", **kw),
@@ -95,14 +98,15 @@ def main() -> int:
         c0 = time.process_time()
         draws = backend.draws(fit)
         t["draws"].append(time.process_time() - c0)
-        diag = backend.diagnostics(fit)  # the first call pays the import; timed apart
-        x = np.moveaxis(fit.draws()[:, :, len(cs.SAMPLER_COLUMNS) :], 2, 0).transpose(0, 2, 1)
+        diag = backend.diagnose(fit)  # the first call pays the import; timed apart
+        keep = [i for i, c in enumerate(fit.column_names) if c not in fit.metadata.method_vars]
+        x = np.moveaxis(fit.draws()[:, :, keep], 2, 0).transpose(0, 2, 1)
         x = x[np.ptp(x.reshape(len(x), -1), axis=1) > 0]  # as the backend does
         with np.errstate(all="ignore"):
             worst = max(worst, *(float(np.nanmax(np.abs(a / b - 1)))
                                  for a, b in zip(ours(x), arviz(x), strict=True)))  # fmt: skip
         for _ in range(args.repeats):
-            for key, func, arg in (("diag", backend.diagnostics, fit), ("ours", ours, x),
+            for key, func, arg in (("diag", backend.diagnose, fit), ("ours", ours, x),
                                    ("arviz", arviz, x)):  # fmt: skip
                 c0 = time.process_time()
                 func(arg)
@@ -116,7 +120,7 @@ def main() -> int:
         c0 = time.process_time()
         funcs = {k: cs_load(v) for k, v in study.quantities.derived.items()}
         d_truth, d_draws = derived_truth_and_draws(funcs, truth, draws, data)
-        rank_rows({**truth, **d_truth}, {**draws, **d_draws}, thin_every=study.sampler.thin,
+        rank_rows({**truth, **d_truth}, {**draws, **d_draws}, thin_every=study.thin,
                   rng=rank_rng)  # fmt: skip
         t["ranks"].append(time.process_time() - c0)
         t["own"].append(diag["warmup_seconds"] + diag["sampling_seconds"])
@@ -124,7 +128,7 @@ def main() -> int:
 
     imp_arviz = np.median([import_seconds("from arviz_stats.base import array_stats")
                            for _ in range(3)])  # fmt: skip
-    imp_ours = np.median([import_seconds("import sbc.convergence") for _ in range(3)])
+    imp_ours = np.median([import_seconds("import sbc.backends.convergence") for _ in range(3)])
 
     def ms(key: str, part: int | None = None) -> float:
         vals = t[key] if part is None else [v[part] for v in t[key]]
@@ -132,10 +136,10 @@ def main() -> int:
 
     own = float(np.mean(t["own"]))
     rows = [
-        {"item": "backend.diagnostics, CPU ms per fit", "value": ms("diag")},
-        {"item": "  R-hat + bulk/tail ESS: sbc.convergence, CPU ms per fit", "value": ms("ours")},
+        {"item": "backend.diagnose, CPU ms per fit", "value": ms("diag")},
+        {"item": "  R-hat + bulk/tail ESS: sbc, CPU ms per fit", "value": ms("ours")},
         {"item": "  R-hat + bulk/tail ESS: arviz-stats, CPU ms per fit", "value": ms("arviz")},
-        {"item": "import of sbc.convergence, wall ms once per worker", "value": 1000 * imp_ours},
+        {"item": "import of sbc's convergence, wall ms once per worker", "value": 1000 * imp_ours},
         {"item": "import of arviz-stats, wall ms once per worker", "value": 1000 * imp_arviz},
         {"item": "exe_info, CPU ms per fit (incl. its process): cmdstanpy default",
          "value": ms("info_before", 0)},
@@ -150,7 +154,7 @@ def main() -> int:
     sbc_ms = ms("diag") + ms("info_after", 0) + ms("draws") + ms("ranks")
     print()
     print(table(rows, [("item", "item (medians)", ""), ("value", "value", "{:.1f}")]))
-    print(f"\nlargest relative difference sbc.convergence vs arviz-stats: {worst:.1e}")
+    print(f"\nlargest relative difference sbc.backends.convergence vs arviz-stats: {worst:.1e}")
     print(
         f"Python CPU per fit in the backend and ranks: {sbc_ms:.1f} ms = "
         f"{sbc_ms / (1000 * own):.2%} of CmdStan's own time"
@@ -160,7 +164,7 @@ def main() -> int:
 
 
 def cs_load(spec: str):
-    from sbc.callables import load_callable
+    from sbc.simulate import load_callable
 
     return load_callable(spec)
 

@@ -61,12 +61,13 @@ def prepare_bare(study_file: Path, sims: int, workdir: Path, parallel_chains: in
     """The study's datasets and seeds as JSON files, and the bare loop's plan (not timed)."""
     import cmdstanpy
 
-    from sbc.callables import call_simulator
-    from sbc.runner import make_backend, simulation_seeds
+    from sbc.execution.prepare import make_backend
+    from sbc.seeds import simulation_seeds
+    from sbc.simulate import call_simulator
     from sbc.study import load_study
 
     study = load_study(study_file)
-    backend = make_backend(study, parallel_chains=parallel_chains)
+    backend = make_backend(study, cores=parallel_chains)
     backend.prepare(progress=False)
     data_dir = workdir / "bare-data"
     data_dir.mkdir(exist_ok=True)
@@ -119,7 +120,7 @@ def per_sim_stages(run: Run, own: pd.DataFrame) -> dict[str, float]:
         "cmdstan_chain_sum": chain_sum,
         "cmdstanpy_around": sample - span - exe_info,
         "read_draws": tr.total("CmdStanBackend.draws"),
-        "diagnostics": tr.total("CmdStanBackend.diagnostics"),
+        "diagnostics": tr.total("CmdStanBackend.diagnose"),
         "ranks": tr.total("rank_rows") + tr.total("derived_truth_and_draws"),
         "store_commit": tr.total("Store.add"),
     }
@@ -173,7 +174,7 @@ def main() -> int:
     pc1 = max(1, min(st.sampler.chains, cores() // 1))
     print(
         f"study: {study.name} from studies/lmm_sbc.toml, {sims} sims, {st.sampler.chains} chains "
-        f"x ({st.sampler.warmup} warm-up + {st.sampler.draws} draws), thin {st.sampler.thin}, "
+        f"x ({st.sampler.warmup} warm-up + {st.sampler.draws} draws), thin {st.thin}, "
         f"adapt_delta {st.sampler.adapt_delta}"
     )
     bare_plan = prepare_bare(study, sims, work, pc1)

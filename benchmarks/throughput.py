@@ -137,10 +137,11 @@ def main() -> int:
     study = write_study(work, "bench_throughput", **sampler)
     from sbc.study import load_study
 
-    s = load_study(study).sampler
+    st = load_study(study)
+    s = st.sampler
     print(
         f"study: studies/lmm_sbc.toml, {s.chains} chains x ({s.warmup} warm-up + {s.draws} "
-        f"draws), thin {s.thin}, adapt_delta {s.adapt_delta}; {sims} sims per run in part 1"
+        f"draws), thin {st.thin}, adapt_delta {s.adapt_delta}; {sims} sims per run in part 1"
     )
     sbc_run(study, fresh_dir(work, "warm"), "warm", work, workers=1, sims=2, trace=False)
 

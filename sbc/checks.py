@@ -112,7 +112,7 @@ def _results_or_run(path: Results | str | Path, progress: bool) -> Results:
     if isinstance(path, Results):
         return path
     if Path(path).suffix == ".toml":
-        from sbc.runner import run
+        from sbc.execution.run import run
 
         return load(run(path, progress=progress))
     return load(path)

@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _setup(args: argparse.Namespace) -> int:
-    from sbc.cmdstan import cmdstan_version, ensure_cmdstan
+    from sbc.backends.cmdstan.install import cmdstan_version, ensure_cmdstan
 
     path = ensure_cmdstan(progress=not args.quiet)
     if args.quiet:
@@ -214,8 +214,7 @@ def _print_recovery(result) -> None:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     d = result.diagnostics
     print()
-    keys = ("divergences", "treedepth_hits", "ebfmi_min", "rhat_max", "ess_bulk_min",
-            "ess_tail_min", "stepsize")  # fmt: skip
+    keys = [rule.name for rule in result.rules]  # what the backend declares, in its order
     shown = [f"{k}={d[k]:.3g}" if isinstance(d[k], float) else f"{k}={d[k]}"
              for k in keys if k in d]  # fmt: skip
     print("diagnostics: " + ", ".join(shown))
@@ -225,7 +224,7 @@ def _print_recovery(result) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sbc.runner import run
+    from sbc.execution.run import run
 
     folder = run(
         args.study,

@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sbc.callables import call_simulator
 from sbc.errors import SBCError
+from sbc.execution.prepare import make_backend
 from sbc.ranks import expand
-from sbc.runner import make_backend, simulation_seeds
+from sbc.seeds import simulation_seeds
+from sbc.simulate import call_simulator
+from sbc.store import Diagnostic
 from sbc.study import Study, available_cores
 
 
@@ -23,6 +25,7 @@ from sbc.study import Study, available_cores
 class Recovery:
     table: pd.DataFrame  # one row per scalar quantity
     diagnostics: dict[str, float]
+    rules: tuple[Diagnostic, ...]  # the backend's declared diagnostics
     trace_png: Path
     folder: Path
 
@@ -40,28 +43,36 @@ def recover(study: Study, progress: bool = True) -> Recovery:
         raise SBCError(f"[simulator] function: {exc}", where=str(study.path)) from None
     except Exception as exc:  # the user's simulator failed: say so in one line
         raise SBCError(
-            f"[simulator] function: {study.simulator.function} failed: "
-            f"{type(exc).__name__}: {exc}",
+            f"[simulator] function: {study.simulator.function} failed: {type(exc).__name__}: {exc}",
             where=str(study.path),
         ) from None
-    parallel_chains = min(study.sampler.chains, available_cores())
-    backend = make_backend(study, parallel_chains=parallel_chains)
+    backend = make_backend(study, cores=available_cores())
     backend.prepare(progress=progress)
     folder = study.results_dir
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sbc-recover-") as tmp:
         fit = backend.fit(data, fit_seed, Path(tmp))
         draws = backend.draws(fit)
-        diagnostics = backend.diagnostics(fit)
+        diagnostics = backend.diagnose(fit)
     if study.quantities.include:
         keep = set(study.quantities.include)
         truth = {k: v for k, v in truth.items() if k in keep}
     table = recovery_table(truth, draws)
     table.to_csv(folder / "recovery.csv", index=False)
-    trace_vars = [v for v in ("beta", "b") if v in draws] or sorted(truth)
+    trace_vars = trace_variables(study, truth, draws)
     trace_png = folder / "trace.png"
     save(trace_plot(draws, trace_vars), trace_png)
-    return Recovery(table=table, diagnostics=diagnostics, trace_png=trace_png, folder=folder)
+    return Recovery(table, diagnostics, backend.diagnostics, trace_png=trace_png, folder=folder)
+
+
+def trace_variables(
+    study: Study, truth: dict[str, np.ndarray], draws: dict[str, np.ndarray]
+) -> list[str]:
+    """What the trace plot shows: `[quantities] trace`, else the variables `include` names (in
+    its order), else every variable with a truth."""
+    q = study.quantities
+    wanted = q.trace or tuple(dict.fromkeys(name.split("[")[0] for name in q.include))
+    return [v for v in wanted if v in draws] or sorted(truth)
 
 
 def recovery_table(truth: dict[str, np.ndarray], draws: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sbc.store import Store
+from sbc.store import Diagnostic, Store
 
 
 @dataclass
@@ -27,6 +27,18 @@ class Results:
     @property
     def name(self) -> str:
         return self.manifest.get("study", {}).get("name", self.folder.name)
+
+    @property
+    def diagnostics(self) -> tuple[Diagnostic, ...] | None:
+        """The columns of `simulations` the backend declared, with their rules (timings last);
+        None for results written before backends declared them (sbc 0.1: CmdStan's)."""
+        declared = self.manifest.get("diagnostics")
+        return None if declared is None else tuple(Diagnostic.from_dict(d) for d in declared)
+
+    @property
+    def pool(self) -> tuple[str, ...]:
+        """Variables whose components are pooled over their first index (`[quantities] pool`)."""
+        return tuple(self.manifest.get("study", {}).get("quantities", {}).get("pool", ()))
 
     def draws(self, sim: int) -> dict[str, np.ndarray] | None:
         """Thinned draws of one simulation, if the study kept them (`keep_draws = true`)."""

@@ -8,10 +8,10 @@ WAL mode lets `sbc report` and `sbc check` read while a study runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,27 +20,58 @@ import pandas as pd
 
 from sbc.errors import SBCError
 
+__all__ = ["DB_NAME", "Diagnostic", "SimulationResult", "Store"]
+
 DB_NAME = "sbc.sqlite"
 SCHEMA_VERSION = 1
 
-#: Per-simulation columns beyond (sim, status, seed, error). NaN where a backend has no such thing.
-SIM_COLUMNS: dict[str, str] = {
-    "divergences": "INTEGER",
-    "treedepth_hits": "INTEGER",
-    "ebfmi_min": "REAL",
-    "rhat_max": "REAL",
-    "ess_bulk_min": "REAL",
-    "ess_tail_min": "REAL",
-    "stepsize": "REAL",
-    "return_code": "INTEGER",
-    "warmup_seconds": "REAL",
-    "sampling_seconds": "REAL",
-    "simulate_seconds": "REAL",
-    "fit_seconds": "REAL",
-    "rank_seconds": "REAL",
-    "wall_seconds": "REAL",
-    "n_draws": "INTEGER",
-}
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One per-simulation number a backend reports: its store column and when it flags a fit.
+
+    `flag_when` (">" or "<") and `threshold` say which fits deserve a warning
+    (``divergences > 0``), compared with the value divided by the fit's kept draws L if
+    `per_kept_draw` (``ess_bulk_min / L < 0.5``); a diagnostic without them is recorded and
+    shown, never flagged. `doc` says what it is and why the rule is what it is. Backends
+    declare theirs (`Backend.diagnostics`); results record them (`Results.diagnostics`).
+    """
+
+    name: str
+    sql_type: str  # "INTEGER" or "REAL"
+    flag_when: str | None = None
+    threshold: float | None = None
+    doc: str = ""
+    per_kept_draw: bool = False
+
+    def __post_init__(self) -> None:  # declarations are code: a bad one is a bug, not input
+        if not self.name.isidentifier() or self.name in BASE_COLUMNS:
+            raise ValueError(f"diagnostic name {self.name!r}: not a usable column name")
+        if self.sql_type not in ("INTEGER", "REAL"):
+            raise ValueError(f"diagnostic {self.name}: sql_type must be INTEGER or REAL")
+        if self.flag_when not in (None, ">", "<") or (self.flag_when is None) != (
+            self.threshold is None
+        ):
+            raise ValueError(f"diagnostic {self.name}: flag_when is '>' or '<' with a threshold")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Diagnostic:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+#: Columns of every simulation row, whatever the backend.
+BASE_COLUMNS = ("sim", "status", "seed", "error")
+
+#: Where a simulation's time went; measured by the task, so every study has them.
+TIMINGS = (
+    Diagnostic("simulate_seconds", "REAL", doc="running the simulator"),
+    Diagnostic("fit_seconds", "REAL", doc="the backend's fit, draws and diagnostics"),
+    Diagnostic("rank_seconds", "REAL", doc="ranks, intervals and derived quantities"),
+    Diagnostic("wall_seconds", "REAL", doc="the whole simulation in its worker"),
+)
 
 RANK_COLUMNS: dict[str, str] = {
     "truth": "REAL",
@@ -53,14 +84,17 @@ RANK_COLUMNS: dict[str, str] = {
 #: the ranks): kept in old databases, left out of what `ranks()` returns.
 LEGACY_RANK_COLUMNS = tuple(f"hit{p}" for p in (50, 80, 90, 95))
 
-_SCHEMA = f"""
+
+def _schema(columns: Sequence[Diagnostic]) -> str:
+    """The tables; `simulations` gets one column per diagnostic (an old store may have more)."""
+    diagnostics = "".join(f",\n    {d.name} {d.sql_type}" for d in columns)
+    return f"""
 CREATE TABLE IF NOT EXISTS manifest (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS simulations (
     sim INTEGER PRIMARY KEY,
     status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
     seed INTEGER NOT NULL,
-    error TEXT,
-    {", ".join(f"{name} {kind}" for name, kind in SIM_COLUMNS.items())}
+    error TEXT{diagnostics}
 );
 CREATE TABLE IF NOT EXISTS ranks (
     sim INTEGER NOT NULL REFERENCES simulations(sim) ON DELETE CASCADE,
@@ -74,7 +108,8 @@ CREATE TABLE IF NOT EXISTS draws (
 );
 """
 
-_TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+_TABLES = {"manifest", "simulations", "ranks", "draws"}
 
 
 @dataclass
@@ -98,22 +133,33 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
 
 
 class Store:
-    """A study's SQLite database. Open for writing with `Store.create_or_open`."""
+    """A study's SQLite database: `open_for_writing` (the runner) or `open_for_reading`."""
 
-    def __init__(self, con: sqlite3.Connection, path: Path):
+    def __init__(self, con: sqlite3.Connection, path: Path, columns: Sequence[Diagnostic] = ()):
         self.con = con
         self.path = path
+        self.columns = tuple(columns)  # what `add` may write besides BASE_COLUMNS
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def open_for_writing(cls, folder: Path) -> Store:
+    def open_for_writing(cls, folder: Path, diagnostics: Sequence[Diagnostic] = ()) -> Store:
+        """Create or open a study's store, with a column for each of the backend's diagnostics.
+
+        A store written before (by an older sbc, or with another backend's columns) keeps
+        its columns and gets the missing ones: ALTER TABLE ADD COLUMN, NULL in old rows.
+        """
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / DB_NAME
+        columns = (*diagnostics, *TIMINGS)
         con = _connect(path, readonly=False)
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = FULL")
-        con.executescript(_SCHEMA)
-        return cls(con, path)
+        con.executescript(_schema(columns))
+        have = {row[1] for row in con.execute("PRAGMA table_info(simulations)")}
+        for d in columns:
+            if d.name not in have:
+                con.execute(f'ALTER TABLE simulations ADD COLUMN "{d.name}" {d.sql_type}')
+        return cls(con, path, columns)
 
     @staticmethod
     def check_writable(folder: Path) -> None:
@@ -183,10 +229,23 @@ class Store:
         return {r[0] for r in self.con.execute(f"SELECT sim FROM simulations{where}")}
 
     def add(self, result: SimulationResult) -> None:
-        """Commit one simulation, replacing an earlier failed attempt at it."""
-        sim_cols = ["sim", "status", "seed", "error", *SIM_COLUMNS]
+        """Commit one simulation, replacing an earlier failed attempt at it.
+
+        A diagnostic the backend did not declare is refused, never dropped: it is a bug in
+        the backend (`Backend.diagnostics` lists every key its `diagnose` returns).
+        """
+        known = [d.name for d in self.columns]
+        undeclared = sorted(set(result.diagnostics) - set(known))
+        if undeclared:
+            raise SBCError(
+                f"simulation {result.sim}: the backend returned diagnostics it does not declare: "
+                f"{', '.join(undeclared)} (a bug in the backend: declare them in its "
+                f"`diagnostics`; declared: {', '.join(known)})",
+                where=str(self.path),
+            )
+        sim_cols = [*BASE_COLUMNS, *known]
         values = [result.sim, result.status, result.seed, result.error]
-        values += [_sql_value(result.diagnostics.get(c)) for c in SIM_COLUMNS]
+        values += [_sql_value(result.diagnostics.get(c)) for c in known]
         rank_cols = ["sim", "quantity", *RANK_COLUMNS]
         rank_rows = [
             [result.sim, r["quantity"], *(_sql_value(r.get(c)) for c in RANK_COLUMNS)]
@@ -195,7 +254,7 @@ class Store:
         with self._transaction():
             self.con.execute("DELETE FROM simulations WHERE sim = ?", (result.sim,))
             self.con.execute(
-                f"INSERT INTO simulations({', '.join(sim_cols)}) "
+                f"INSERT INTO simulations({', '.join(_quoted(sim_cols))}) "
                 f"VALUES ({', '.join('?' * len(sim_cols))})",
                 values,
             )
@@ -227,9 +286,6 @@ class Store:
     def kept_draws(self, sim: int) -> bytes | None:
         row = self.con.execute("SELECT npz FROM draws WHERE sim = ?", (sim,)).fetchone()
         return row[0] if row else None
-
-    def integrity_ok(self) -> bool:
-        return self.con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 class _Transaction:

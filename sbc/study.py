@@ -2,7 +2,9 @@
 
 Every problem is an `SBCError` naming the file and the key, e.g.
 ``studies/x.toml: [sampler] chains: expected an integer >= 1, got 0``.
-Paths in a study file are relative to the file itself.
+Paths in a study file are relative to the file itself. What is generic (the simulator,
+the quantities, `thin`, parallelism) is read here; ``[backend]`` and ``[sampler]`` are read
+by the declarations of the backend that ``[backend] type`` names (`sbc.backends`).
 """
 
 from __future__ import annotations
@@ -16,20 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sbc.backends import BackendSpec, backend_class
 from sbc.errors import SBCError
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """NUTS settings, named as in cmdstanpy's `sample` (`thin` is for ranks, not for CmdStan)."""
-
-    chains: int = 2
-    warmup: int = 500
-    draws: int = 500
-    thin: int = 10
-    adapt_delta: float = 0.8
-    max_treedepth: int = 10
-    timeout: float = 600.0  # seconds per fit; 0 = no limit
+from sbc.options import (
+    check_bool,
+    check_int,
+    check_names,
+    check_str,
+    check_table,
+    no_unknown,
+    parse_options,
+)
 
 
 @dataclass(frozen=True)
@@ -39,15 +38,11 @@ class Simulator:
 
 
 @dataclass(frozen=True)
-class Backend:
-    type: str = "cmdstan"  # or "exact"
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Quantities:
     include: tuple[str, ...] = ()  # variable or scalar names; empty = all with a truth
     derived: dict[str, str] = field(default_factory=dict)  # name -> "module:function"
+    pool: tuple[str, ...] = ()  # variables pooled over their first index (group effects)
+    trace: tuple[str, ...] = ()  # variables `sbc recover` plots; default: include's, else all
 
 
 @dataclass(frozen=True)
@@ -64,13 +59,18 @@ class Study:
     sims: int
     seed: int
     simulator: Simulator
-    sampler: Sampler = Sampler()
-    backend: Backend = Backend()
+    backend: BackendSpec = field(default_factory=BackendSpec)
+    thin: int = 10  # every thin-th draw is kept for the ranks (generic: not a backend option)
     quantities: Quantities = Quantities()
     parallel: Parallel = Parallel()
     out: Path | None = None
     keep_draws: bool = False
     description: str = ""
+
+    @property
+    def sampler(self) -> Any:
+        """The backend's ``[sampler]`` settings (for CmdStan: NUTS), or None if it has none."""
+        return self.backend.sampler
 
     @property
     def base_dir(self) -> Path:
@@ -84,16 +84,42 @@ class Study:
         return self.parallel.workers or available_cores()
 
     def identity(self) -> dict[str, Any]:
-        """What must not change for stored results to stay valid (sims and parallelism may)."""
+        """What must not change for stored results to stay valid (sims and parallelism may).
+
+        The sampler settings with their defaults, and the ``[backend]`` table as written:
+        the form sbc 0.1 hashed, so that results it wrote resume. What only the analysis
+        reads (`pool`, `trace`) is not part of it.
+        """
+        sampler = self.backend.sampler
         return {
             "seed": self.seed,
             "simulator": dataclasses.asdict(self.simulator),
-            "sampler": dataclasses.asdict(self.sampler),
-            "backend": dataclasses.asdict(self.backend),
+            "sampler": {
+                **(dataclasses.asdict(sampler) if sampler is not None else {}),
+                "thin": self.thin,
+            },
+            "backend": {"type": self.backend.type, "options": dict(self.backend.table)},
             "quantities": {
                 "include": list(self.quantities.include),
                 "derived": self.quantities.derived,
             },
+            "keep_draws": self.keep_draws,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The study as run, for the results manifest (``manifest["study"]``)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "path": str(self.path) if self.path else None,
+            "stan": str(self.stan) if self.stan else None,
+            "sims": self.sims,
+            "seed": self.seed,
+            "simulator": dataclasses.asdict(self.simulator),
+            "sampler": self.identity()["sampler"],
+            "backend": self.identity()["backend"],
+            "quantities": dataclasses.asdict(self.quantities),
+            "parallel": dataclasses.asdict(self.parallel),
             "keep_draws": self.keep_draws,
         }
 
@@ -115,14 +141,14 @@ class Study:
         where = "command line"
         changes: dict[str, Any] = {}
         if sims is not None:
-            changes["sims"] = _int(sims, "--sims", where, minimum=1)
+            changes["sims"] = check_int(sims, "--sims", where, minimum=1)
         if seed is not None:
-            changes["seed"] = _int(seed, "--seed", where, minimum=0)
+            changes["seed"] = check_int(seed, "--seed", where, minimum=0)
         if workers is not None or scheduler is not None:
             changes["parallel"] = Parallel(
                 workers=self.parallel.workers
                 if workers is None
-                else _int(workers, "--workers", where, minimum=1),
+                else check_int(workers, "--workers", where, minimum=1),
                 scheduler=self.parallel.scheduler
                 if scheduler is None
                 else _scheduler(scheduler, "--scheduler", where),
@@ -149,8 +175,7 @@ _TOP = {
 }  # fmt: skip
 _SECTIONS: dict[str, set[str]] = {
     "simulator": {"function", "args"},
-    "sampler": {f.name for f in dataclasses.fields(Sampler)},
-    "quantities": {"include", "derived"},
+    "quantities": {"include", "derived", "pool", "trace"},
     "parallel": {"workers", "scheduler"},
 }
 
@@ -174,42 +199,45 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     """Validate a study given as a dict (what `load_study` reads, or a notebook builds)."""
     where = str(path) if path else "study"
     base = path.parent if path else Path.cwd()
-    _no_unknown(raw, _TOP, "", where)
+    no_unknown(raw, _TOP, "", where)
 
-    name = _str(raw.get("name", path.stem if path else None), "name", where)
+    name = check_str(raw.get("name", path.stem if path else None), "name", where)
     if not name or "/" in name or name.startswith("."):
         raise SBCError(f"name: must be a plain folder name, got {name!r}", where=where)
 
-    backend = _backend(raw.get("backend", {}), where)
+    backend, needs_stan = _backend(raw.get("backend", {}), where)
     stan = None
     if "stan" in raw:
-        stan = _existing_file(base / _str(raw["stan"], "stan", where), "stan", where, ".stan")
-    elif backend.type == "cmdstan":  # the exact backends know their posterior
+        stan = _existing_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
+    elif needs_stan:
         raise SBCError("stan: missing (the Stan program to calibrate)", where=where)
 
-    sim_raw = _table(raw.get("simulator"), "simulator", where, required=True)
-    _no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
+    sim_raw = check_table(raw.get("simulator"), "simulator", where, required=True)
+    no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
     if "function" not in sim_raw:
         raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
     simulator = Simulator(
         function=_callable_spec(sim_raw["function"], "[simulator] function", where, base),
-        args=_table(sim_raw.get("args", {}), "[simulator] args", where),
+        args=check_table(sim_raw.get("args", {}), "[simulator] args", where),
     )
 
-    sampler = _sampler(_table(raw.get("sampler", {}), "sampler", where), where)
-    q_raw = _table(raw.get("quantities", {}), "quantities", where)
-    _no_unknown(q_raw, _SECTIONS["quantities"], "quantities", where)
-    include = q_raw.get("include", [])
-    if not isinstance(include, list) or not all(isinstance(q, str) and q for q in include):
-        raise SBCError("[quantities] include: expected a list of names", where=where)
-    derived = _table(q_raw.get("derived", {}), "[quantities] derived", where)
+    backend, thin = _sampler(raw.get("sampler", {}), backend, where)
+    q_raw = check_table(raw.get("quantities", {}), "quantities", where)
+    no_unknown(q_raw, _SECTIONS["quantities"], "quantities", where)
+    derived = check_table(q_raw.get("derived", {}), "[quantities] derived", where)
     derived = {
         k: _callable_spec(v, f"[quantities] derived.{k}", where, base) for k, v in derived.items()
     }
-    p_raw = _table(raw.get("parallel", {}), "parallel", where)
-    _no_unknown(p_raw, _SECTIONS["parallel"], "parallel", where)
+    quantities = Quantities(
+        include=check_names(q_raw.get("include", []), "[quantities] include", where),
+        derived=derived,
+        pool=_variables(q_raw.get("pool", []), "[quantities] pool", where),
+        trace=_variables(q_raw.get("trace", []), "[quantities] trace", where),
+    )
+    p_raw = check_table(raw.get("parallel", {}), "parallel", where)
+    no_unknown(p_raw, _SECTIONS["parallel"], "parallel", where)
     parallel = Parallel(
-        workers=_int(p_raw.get("workers", 0), "[parallel] workers", where, minimum=0),
+        workers=check_int(p_raw.get("workers", 0), "[parallel] workers", where, minimum=0),
         scheduler=_scheduler(p_raw.get("scheduler", "local"), "[parallel] scheduler", where),
     )
     out = raw.get("out")
@@ -217,111 +245,54 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         name=name,
         path=path,
         stan=stan,
-        sims=_int(raw.get("sims", 100), "sims", where, minimum=1),
-        seed=_int(raw.get("seed", 0), "seed", where, minimum=0),
+        sims=check_int(raw.get("sims", 100), "sims", where, minimum=1),
+        seed=check_int(raw.get("seed", 0), "seed", where, minimum=0),
         simulator=simulator,
-        sampler=sampler,
         backend=backend,
-        quantities=Quantities(include=tuple(include), derived=derived),
+        thin=thin,
+        quantities=quantities,
         parallel=parallel,
-        out=(base / _str(out, "out", where)) if out is not None else None,
-        keep_draws=_bool(raw.get("keep_draws", False), "keep_draws", where),
-        description=_str(raw.get("description", ""), "description", where),
+        out=(base / check_str(out, "out", where)) if out is not None else None,
+        keep_draws=check_bool(raw.get("keep_draws", False), "keep_draws", where),
+        description=check_str(raw.get("description", ""), "description", where),
     )
 
 
-def _sampler(raw: dict[str, Any], where: str) -> Sampler:
-    _no_unknown(raw, _SECTIONS["sampler"], "sampler", where)
-    d = Sampler()
-    s = Sampler(
-        chains=_int(raw.get("chains", d.chains), "[sampler] chains", where, minimum=1),
-        warmup=_int(raw.get("warmup", d.warmup), "[sampler] warmup", where, minimum=0),
-        draws=_int(raw.get("draws", d.draws), "[sampler] draws", where, minimum=1),
-        thin=_int(raw.get("thin", d.thin), "[sampler] thin", where, minimum=1),
-        adapt_delta=_float(raw.get("adapt_delta", d.adapt_delta), "[sampler] adapt_delta", where),
-        max_treedepth=_int(
-            raw.get("max_treedepth", d.max_treedepth), "[sampler] max_treedepth", where, minimum=1
-        ),
-        timeout=_float(raw.get("timeout", d.timeout), "[sampler] timeout", where),
-    )
-    if not 0 < s.adapt_delta < 1:
-        raise SBCError(f"[sampler] adapt_delta: must be in (0, 1), got {s.adapt_delta}", where)
-    if s.timeout < 0:
-        raise SBCError(f"[sampler] timeout: must be >= 0 seconds, got {s.timeout}", where)
-    if s.thin > s.draws:
+def _backend(raw: Any, where: str) -> tuple[BackendSpec, bool]:
+    """``[backend]``: its type, and the rest checked by that backend's declared `Options`."""
+    table = dict(check_table(raw, "backend", where))
+    kind = check_str(table.pop("type", "cmdstan"), "[backend] type", where)
+    cls = backend_class(kind, where)
+    options = parse_options(cls.Options, table, "backend", where)
+    return BackendSpec(type=kind, options=options, table=table), bool(cls.needs_stan)
+
+
+def _sampler(raw: Any, backend: BackendSpec, where: str) -> tuple[BackendSpec, int]:
+    """``[sampler]``: `thin` (for the ranks, generic) and the backend's own sampler settings."""
+    table = check_table(raw, "sampler", where)
+    thin = check_int(table.get("thin", 10), "[sampler] thin", where, minimum=1)
+    cls = backend_class(backend.type, where)
+    if cls.Sampler is None:
+        no_unknown(table, {"thin"}, "sampler", where)
+        return backend, thin
+    sampler = parse_options(cls.Sampler, table, "sampler", where, also_known={"thin"})
+    draws = getattr(sampler, "draws", None)
+    if isinstance(draws, int) and thin > draws:
         raise SBCError(
-            f"[sampler] thin: {s.thin} is more than draws ({s.draws}); no draws would be left",
-            where,
+            f"[sampler] thin: {thin} is more than draws ({draws}); no draws would be left", where
         )
-    return s
+    return dataclasses.replace(backend, sampler=sampler), thin
 
 
-_BACKEND_OPTIONS = {
-    "cmdstan": set(),
-    "exact": {"sd_scale", "shift", "draws"},
-    "exact-hierarchical": {"sd_scale", "shift", "draws"},
-}
-
-
-def _backend(raw: Any, where: str) -> Backend:
-    raw = dict(_table(raw, "backend", where))
-    kind = _str(raw.pop("type", "cmdstan"), "[backend] type", where)
-    if kind not in _BACKEND_OPTIONS:
-        raise SBCError(
-            f"[backend] type: unknown backend {kind!r} (known: {', '.join(_BACKEND_OPTIONS)})",
-            where,
-        )
-    _no_unknown(raw, _BACKEND_OPTIONS[kind], "backend", where)
-    for key, value in raw.items():
-        _float(value, f"[backend] {key}", where)
-    return Backend(type=kind, options=raw)
+def _variables(value: Any, key: str, where: str) -> tuple[str, ...]:
+    names = check_names(value, key, where)
+    for name in names:
+        if not name.isidentifier():
+            raise SBCError(f"{key}: expected variable names (like 'b'), got {name!r}", where)
+    return names
 
 
 # -- small validators ------------------------------------------------------------------------------
-
-
-def _no_unknown(raw: dict[str, Any], known: set[str], section: str, where: str) -> None:
-    for key in raw:
-        if key not in known:
-            label = f"[{section}] {key}" if section else key
-            hint = f" (known: {', '.join(sorted(known))})" if known else ""
-            raise SBCError(f"{label}: unknown key{hint}", where=where)
-
-
-def _table(value: Any, key: str, where: str, required: bool = False) -> dict[str, Any]:
-    if value is None and required:
-        raise SBCError(f"[{key}]: missing section", where=where)
-    if not isinstance(value, dict):
-        raise SBCError(f"{key}: expected a table, got {type(value).__name__}", where=where)
-    return value
-
-
-def _int(value: Any, key: str, where: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SBCError(f"{key}: expected an integer, got {value!r}", where=where)
-    if value < minimum:
-        raise SBCError(f"{key}: expected an integer >= {minimum}, got {value}", where=where)
-    return value
-
-
-def _float(value: Any, key: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SBCError(f"{key}: expected a number, got {value!r}", where=where)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise SBCError(f"{key}: expected a finite number, got {value!r}", where=where)
-    return float(value)
-
-
-def _bool(value: Any, key: str, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise SBCError(f"{key}: expected true or false, got {value!r}", where=where)
-    return value
-
-
-def _str(value: Any, key: str, where: str) -> str:
-    if not isinstance(value, str):
-        raise SBCError(f"{key}: expected a string, got {value!r}", where=where)
-    return value
 
 
 def _existing_file(path: Path, key: str, where: str, suffix: str) -> Path:
@@ -334,7 +305,7 @@ def _existing_file(path: Path, key: str, where: str, suffix: str) -> Path:
 
 def _callable_spec(value: Any, key: str, where: str, base: Path) -> str:
     """'module:function' stays as is; 'file.py:function' becomes an absolute path."""
-    spec = _str(value, key, where)
+    spec = check_str(value, key, where)
     target, sep, func = spec.rpartition(":")
     if not sep or not target or not func.isidentifier():
         raise SBCError(
@@ -349,7 +320,7 @@ def _callable_spec(value: Any, key: str, where: str, base: Path) -> str:
 
 
 def _scheduler(value: Any, key: str, where: str) -> str:
-    s = _str(value, key, where)
+    s = check_str(value, key, where)
     if s == "local" or s.startswith("tcp://") or s.startswith("tls://"):
         return s
     if s.startswith("local:"):

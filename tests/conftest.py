@@ -14,7 +14,7 @@ STUDIES = ROOT / "studies"
 @pytest.fixture(scope="session")
 def cmdstan() -> Path:
     """The CmdStan `sbc setup` provisioned; tests that need Stan are skipped without one."""
-    from sbc.cmdstan import find_cmdstan
+    from sbc.backends.cmdstan.install import find_cmdstan
 
     path = find_cmdstan()
     if path is None:

@@ -25,7 +25,7 @@ import pytest
 from conftest import exact_study
 
 import sbc
-from sbc.backends.cmdstan import model_cache_dir
+from sbc.backends.cmdstan.install import model_cache_dir
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "bad_inputs"

@@ -14,7 +14,7 @@ import sbc.checks
 from sbc.analysis.verdicts import calibrate
 from sbc.backends.exact import ExactNormalBackend
 from sbc.errors import SBCError
-from sbc.runner import Task, run_simulation
+from sbc.execution.task import Task, run_simulation
 from sbc.testing import assert_calibrated
 
 

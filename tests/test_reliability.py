@@ -39,7 +39,7 @@ import pandas as pd
 import pytest
 
 import sbc
-from sbc.runner import simulation_seeds
+from sbc.seeds import simulation_seeds
 from sbc.simulators.normal import simulate as normal_simulate
 
 ROOT = Path(__file__).resolve().parent.parent

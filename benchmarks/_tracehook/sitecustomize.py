@@ -17,7 +17,7 @@ import os
 _PATH = os.environ.get("SBC_BENCH_TRACE")
 
 # module -> attribute paths to wrap once the module has executed (the name a caller uses:
-# sbc.runner imports rank_rows and call_simulator by name, so they are wrapped there)
+# sbc.execution.task imports rank_rows and call_simulator by name, so they are wrapped there)
 TARGETS: dict[str, tuple[str, ...]] = {
     "cmdstanpy": ("write_stan_json",),
     "cmdstanpy.model": (
@@ -27,18 +27,18 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "CmdStanModel.exe_info",
     ),
     "cmdstanpy.stanfit.mcmc": ("CmdStanMCMC.draws",),
-    "sbc.backends.cmdstan": (
+    "sbc.backends.cmdstan.sample": (
         "CmdStanBackend.fit",
         "CmdStanBackend.draws",
-        "CmdStanBackend.diagnostics",
+        "CmdStanBackend.diagnose",
     ),
-    "sbc.runner": (
-        "run_simulation",
+    "sbc.execution.task": (
         "call_simulator",
         "rank_rows",
         "derived_truth_and_draws",
-        "plan",
     ),
+    "sbc.execution.pools": ("run_simulation",),
+    "sbc.execution.run": ("prepare",),
     "sbc.store": ("Store.add",),
 }
 

@@ -31,7 +31,7 @@ from sbc.simulators import lmm
 KS_ALPHA = 1e-5
 Z_CRIT = 4.5
 N_SIMS = 4000
-STAN_DIR = Path(__file__).resolve().parents[1] / "stan"
+STAN_DIR = Path(__file__).resolve().parents[2] / "stan"
 
 
 def ks_ok(sample: np.ndarray, dist: stats.rv_continuous) -> bool:

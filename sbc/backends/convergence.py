@@ -2,7 +2,7 @@
 
 Rank-normalised split R-hat, bulk and tail ESS (Vehtari, Gelman, Simpson, Carpenter and
 Bürkner 2021) and E-BFMI, with the definitions of arviz-stats and of R's posterior package;
-`tests/test_convergence.py` checks every value against arviz-stats.
+`tests/backends/test_convergence.py` checks every value against arviz-stats.
 
 Why not call arviz-stats: its array functions run Python code per parameter. On the mixed
 model's 36 parameters that took 56 ms per fit, the largest cost sbc added to a fit, and

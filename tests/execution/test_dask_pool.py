@@ -1,7 +1,9 @@
-"""Studies on a dask.distributed cluster (`--scheduler local:N` / `tcp://...`): sbc.cluster."""
+"""Studies on a dask.distributed cluster (`--scheduler local:N` / `tcp://...`):
+sbc.execution.pools.dask, and the CmdStan backend on a worker host (backends.cmdstan.remote)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -16,10 +18,12 @@ import pytest
 from conftest import ROOT, exact_study
 
 import sbc
-import sbc.cluster
+import sbc.execution.pools.dask as sbc_dask
+from sbc.backends import register_backend
+from sbc.backends.cmdstan import remote
 from sbc.backends.exact import ExactNormalBackend
 from sbc.errors import SBCError
-from sbc.runner import simulation_seeds
+from sbc.seeds import simulation_seeds
 
 RANK_COLUMNS = ["sim", "quantity", "rank", "truth", "mean"]
 
@@ -43,28 +47,28 @@ def _alive(pid: int) -> bool:
 def test_missing_dask_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import fails as if not installed
     with pytest.raises(SBCError, match=r"--scheduler needs dask: pip install 'sbc\[dask\]'"):
-        sbc.cluster.DaskPool("local:2", 2)
+        sbc_dask.DaskPool("local:2", 2)
 
 
 def test_unreachable_scheduler_is_one_line(monkeypatch):
     pytest.importorskip("distributed")
-    monkeypatch.setattr(sbc.cluster, "CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr(sbc_dask, "CONNECT_TIMEOUT", 1)
     t0 = time.perf_counter()
     with pytest.raises(SBCError) as err:
-        sbc.cluster.DaskPool("tcp://127.0.0.1:1", 2)
+        sbc_dask.DaskPool("tcp://127.0.0.1:1", 2)
     assert str(err.value) == "tcp://127.0.0.1:1: no dask scheduler answered within 1 s"
     assert time.perf_counter() - t0 < 10
 
 
 def test_worker_host_without_cmdstan_records_a_failed_simulation(tmp_path, monkeypatch):
     """A host that cannot build the model fails that simulation with one line, not the pool."""
-    import sbc.cmdstan
-    from sbc.backends.cmdstan import CmdStanBackend
-    from sbc.runner import Task, run_simulation
+    from sbc.backends.cmdstan import install
+    from sbc.backends.cmdstan.sample import CmdStanBackend
+    from sbc.execution.task import Task, run_simulation
 
-    monkeypatch.setattr(sbc.cmdstan, "find_cmdstan", lambda: None)
+    monkeypatch.setattr(install, "find_cmdstan", lambda: None)
     monkeypatch.setenv("SBC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(sbc.cluster, "_SCRATCH", [tmp_path])  # as the worker plugin would
+    monkeypatch.setattr(sbc_dask, "_SCRATCH", [tmp_path])  # as the worker plugin would
     backend = CmdStanBackend(
         stan_file=tmp_path / "elsewhere" / "m.stan",  # the submitting host's paths
         exe_file=tmp_path / "elsewhere" / "m",
@@ -75,8 +79,8 @@ def test_worker_host_without_cmdstan_records_a_failed_simulation(tmp_path, monke
         simulator_args={"K": 1, "N": 2}, backend=backend, thin=1, quantities=(),
         derived={}, keep_draws=False, tmp_root=str(tmp_path / "elsewhere" / "tmp"),
     )  # fmt: skip
-    shipment = sbc.cluster.Shipment("m.stan", b"parameters { real mu; }", "2.27.0")
-    result = sbc.cluster._on_worker(run_simulation, task, shipment)
+    shipment = remote.Shipment("m.stan", b"parameters { real mu; }", "2.27.0")
+    result = sbc_dask._on_worker(run_simulation, task, shipment)
     assert result.status == "failed" and result.sim == 4
     assert result.seed == simulation_seeds(9, 4)[1]
     assert "no CmdStan here: run `sbc setup` on every worker host" in result.error
@@ -126,7 +130,7 @@ def dask_cluster(tmp_path):
 
 
 def test_an_existing_cluster_gives_the_same_ranks_as_the_local_pool(tmp_path, dask_cluster):
-    pool = sbc.cluster.DaskPool(dask_cluster, 1)
+    pool = sbc_dask.DaskPool(dask_cluster, 1)
     assert pool.workers == 2  # the cluster's threads, whatever --workers says
     pool.shutdown(pool.executor(), kill=False)
     reference = sbc.run(exact_study(tmp_path, "pool", sims=16), progress=False)
@@ -135,36 +139,32 @@ def test_an_existing_cluster_gives_the_same_ranks_as_the_local_pool(tmp_path, da
     pd.testing.assert_frame_equal(_ranks(reference), _ranks(on_dask))
 
 
-@pytest.fixture
-def deadly_sim(monkeypatch):
-    """Make simulation 3 of an exact study kill the worker process that fits it, every time."""
-    import sbc.runner
-
-    make_backend = sbc.runner.make_backend
-
-    def dying_backend(study, parallel_chains=1):
-        b = make_backend(study, parallel_chains)
-        return WorkerKiller(
-            chains=b.chains,
-            draws_per_chain=b.draws_per_chain,
-            deadly_seed=simulation_seeds(study.seed, 3)[1],
-        )
-
-    monkeypatch.setattr(sbc.runner, "make_backend", dying_backend)
-    return monkeypatch
-
-
+@dataclasses.dataclass
 class WorkerKiller(ExactNormalBackend):
-    """The exact backend, except that one seed's fit kills its own process (like an OOM kill)."""
+    """The exact backend, except that one seed's fit kills its own process (like an OOM kill):
+    simulation 3's of `exact_study`'s default seed, 11."""
 
-    def __init__(self, deadly_seed: int, **kw):
-        super().__init__(**kw)
-        self.deadly_seed = deadly_seed
+    deadly_seed: int = simulation_seeds(11, 3)[1]
 
     def fit(self, data, seed, workdir):
         if seed == self.deadly_seed:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().fit(data, seed, workdir)
+
+
+@pytest.fixture
+def deadly_sim():
+    """Simulation 3 of an exact study kills the worker process that fits it, every time: the
+    study's "exact" backend is a WorkerKiller, until `undo`."""
+
+    class Undo:
+        @staticmethod
+        def undo():
+            register_backend("exact", ExactNormalBackend)  # what the entry point names
+
+    register_backend("exact", WorkerKiller)
+    yield Undo
+    Undo.undo()
 
 
 def test_a_fit_that_kills_its_worker_is_retried_then_recorded_failed(tmp_path, deadly_sim):
@@ -189,14 +189,14 @@ def test_a_fit_that_kills_its_worker_is_retried_then_recorded_failed(tmp_path, d
 def _start_orphan_candidate(pid_file: str) -> None:
     """In a worker: start a child the way cmdstanpy starts CmdStan (stdout piped), then work."""
     child = subprocess.Popen(["sleep", "120"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    Path(pid_file).write_text(f"{os.getpid()} {child.pid} {sbc.cluster._SCRATCH[0]}")
+    Path(pid_file).write_text(f"{os.getpid()} {child.pid} {sbc_dask._SCRATCH[0]}")
     time.sleep(120)
 
 
 def test_a_killed_worker_takes_its_child_processes_and_scratch_folder_along(tmp_path):
     """Without the WorkerGuard plugin `sleep` (a CmdStan stand-in) would outlive its worker."""
     pytest.importorskip("distributed")
-    pool = sbc.cluster.DaskPool("local:1", 1)
+    pool = sbc_dask.DaskPool("local:1", 1)
     try:
         pid_file = tmp_path / "pids"
         future = pool.client.submit(_start_orphan_candidate, str(pid_file), pure=False)
@@ -300,14 +300,14 @@ def test_lmm_survives_a_worker_killed_mid_fit(tmp_path, lmm_reference):
 @pytest.mark.stan
 def test_a_worker_host_finds_the_model_by_source_hash(tmp_path, monkeypatch, cmdstan):
     """On another host (other paths) the model comes from ~/.cache/sbc/models/<hash>/."""
-    from sbc.backends.cmdstan import CmdStanBackend, model_cache_dir
-    from sbc.cmdstan import cmdstan_version
-    from sbc.runner import Task
+    from sbc.backends.cmdstan.install import cmdstan_version, model_cache_dir
+    from sbc.backends.cmdstan.sample import CmdStanBackend
+    from sbc.execution.task import Task
 
     here = CmdStanBackend(stan_file=ROOT / "stan" / "lmm_centered.stan")
     here.prepare(progress=False)  # compiled, or found in the cache
     monkeypatch.setenv("SBC_CACHE", str(tmp_path / "other-host-cache"))
-    monkeypatch.setattr(sbc.cluster, "_SCRATCH", [tmp_path])  # as the worker plugin would
+    monkeypatch.setattr(sbc_dask, "_SCRATCH", [tmp_path])  # as the worker plugin would
     cached = model_cache_dir() / Path(here.exe_file).parent.name
     shutil.copytree(Path(here.exe_file).parent, cached)  # as if built there earlier
     elsewhere = tmp_path / "submitting-host"
@@ -322,12 +322,12 @@ def test_a_worker_host_finds_the_model_by_source_hash(tmp_path, monkeypatch, cmd
         tmp_root=str(elsewhere / "tmp"),
     )  # fmt: skip
     source = (ROOT / "stan" / "lmm_centered.stan").read_bytes()
-    shipment = sbc.cluster.Shipment("lmm_centered.stan", source, cmdstan_version(cmdstan))
-    local = sbc.cluster._localize(task, shipment)
+    shipment = remote.Shipment("lmm_centered.stan", source, cmdstan_version(cmdstan))
+    local = sbc_dask._on_worker(lambda t: t, task, shipment)  # the task as the worker runs it
     assert Path(local.backend.exe_file) == cached / "lmm_centered"
     assert Path(local.backend.stan_file).read_bytes() == source
     assert local.tmp_root == str(tmp_path)
 
-    other = sbc.cluster.Shipment("lmm_centered.stan", source, "2.0.0")
+    other = remote.Shipment("lmm_centered.stan", source, "2.0.0")
     with pytest.raises(SBCError, match=r"CmdStan .* here but the study runs 2\.0\.0"):
-        sbc.cluster._prepare_here(backend, other)
+        remote.prepare_here(backend, other)

@@ -1,7 +1,7 @@
 """Simulations on a dask.distributed cluster: `sbc run STUDY --scheduler tcp://host:8786`.
 
 `DaskPool` is the runner's pool for any scheduler other than "local" (see
-`sbc.runner._map_unordered`): "local:N" starts a `LocalCluster` of N one-thread
+`sbc.execution.pools.open_pool`): "local:N" starts a `LocalCluster` of N one-thread
 worker processes on this machine (for dask's dashboard), "tcp://..." or "tls://..."
 connects to an existing cluster. dask is an optional extra (`pip install 'sbc[dask]'`).
 
@@ -12,7 +12,7 @@ What stays as with the default pool:
 * A task is a `Task` (sim index, study seed, backend...): its seeds come from
   (study seed, sim) alone, never from the worker that runs it.
 * A fit whose worker dies is retried, then recorded as failed, by the runner's rule
-  (`sbc.runner._drain`, `MAX_ATTEMPTS`). With "local:N" sbc starts the scheduler with
+  (`sbc.execution.pools.drain`, `MAX_ATTEMPTS`). With "local:N" sbc starts the scheduler with
   `allowed-failures = 0` and `worker-saturation = 1.0`, so dask reports the death at
   once (KilledWorker, which `future.result()` raises) and queues no task on a worker
   behind a running one: the runner's rule is the only one. On an existing cluster that
@@ -20,32 +20,31 @@ What stays as with the default pool:
   up to 3 more times); the runner's rule applies once dask gives up.
 
 On the worker side (`_on_worker`), each task runs in a scratch folder local to the
-worker host, and a worker host that lacks the compiled model builds it once (by
-Stan-source hash, in `~/.cache/sbc/models/<hash>/`, under the same file lock as
-`CmdStanBackend.prepare`) from the Stan source shipped with the task. A small
+worker host, with its backend made ready for that host by the backend itself
+(`Backend.on_host`, given what `Backend.remote_payload` shipped with the task: for
+CmdStan, the Stan source, built there once if the host lacks the model). A small
 worker plugin makes each worker process a process group and starts a watchdog
 process that, when the worker dies (killed, OOM, restarted by its nanny), kills
-the CmdStan processes it left behind and removes its scratch folder.
+the processes it left behind (CmdStan) and removes its scratch folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from sbc.errors import SBCError
+from sbc.errors import SBCError, one_line
+from sbc.execution.task import Task, failed_result
 
-try:  # the plugin's base class; sbc.cluster must import without dask (see DaskPool)
+try:  # the plugin's base class; this module must import without dask (see DaskPool)
     from distributed import WorkerPlugin as _WorkerPluginBase
 except ImportError:  # pragma: no cover - only without the extra
     _WorkerPluginBase = object  # type: ignore[assignment,misc]
@@ -170,7 +169,7 @@ class _DaskExecutor:
         self._client = client
         self._address = address
         self._inner = client.get_executor(pure=False)
-        self._sources: dict[str, Shipment] = {}
+        self._payloads: dict[int, Any] = {}  # id(backend) -> what it ships
 
     def submit(self, fn, task):
         """Submit; while the client reconnects to a lost scheduler, wait for it, or stop."""
@@ -180,7 +179,7 @@ class _DaskExecutor:
         if self._client.status != "running":
             raise _scheduler_lost(self._address)
         try:
-            return self._inner.submit(_on_worker, fn, task, self._shipment(task.backend))
+            return self._inner.submit(_on_worker, fn, task, self._payload(task.backend))
         except Exception:
             if self._client.status == "running":
                 raise
@@ -190,21 +189,11 @@ class _DaskExecutor:
         if self._client.status == "running":  # else nothing is left to wait for or cancel
             self._inner.shutdown(wait=wait)
 
-    def _shipment(self, backend: Any) -> Shipment | None:
-        stan_file = getattr(backend, "stan_file", None)
-        if stan_file is None or getattr(backend, "exe_file", None) is None:
-            return None
-        key = str(stan_file)
-        if key not in self._sources:
-            from sbc.cmdstan import cmdstan_version
-
-            cmdstan = getattr(backend, "cmdstan", None)
-            self._sources[key] = Shipment(
-                stan_name=Path(stan_file).name,
-                stan_source=Path(stan_file).read_bytes(),
-                cmdstan_version=cmdstan_version(cmdstan) if cmdstan else None,
-            )
-        return self._sources[key]
+    def _payload(self, backend: Any) -> Any:
+        """What the backend ships to worker hosts, computed once per study."""
+        if id(backend) not in self._payloads:
+            self._payloads[id(backend)] = backend.remote_payload()
+        return self._payloads[id(backend)]
 
 
 def _scheduler_lost(address: str) -> SBCError:
@@ -219,90 +208,19 @@ def _scheduler_lost(address: str) -> SBCError:
 # -- on the worker -------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Shipment:
-    """What a worker on another host needs to build the model: the Stan source itself."""
-
-    stan_name: str
-    stan_source: bytes
-    cmdstan_version: str | None
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.stan_source).hexdigest()[:16]
-
-
-def _on_worker(fn, task, shipment: Shipment | None):
-    """Run `fn(task)` (the runner's `run_simulation`) with host-local paths.
+def _on_worker(fn, task: Task, payload: Any):
+    """Run `fn(task)` (`run_simulation`) with this host's scratch folder and backend.
 
     Like `run_simulation` it never raises: a worker host that cannot run the model
-    (no CmdStan, another CmdStan version, a compile error) gives a failed result.
+    (for CmdStan: none here, another version, a compile error) gives a failed result.
     """
     try:
-        task = _localize(task, shipment)
+        task = dataclasses.replace(
+            task, tmp_root=str(_scratch()), backend=task.backend.on_host(payload)
+        )
     except Exception as exc:
-        from sbc.runner import _one_line, simulation_seeds
-        from sbc.store import SimulationResult
-
-        return SimulationResult(
-            sim=task.sim,
-            seed=simulation_seeds(task.master_seed, task.sim)[1],
-            status="failed",
-            error=f"worker host {socket.gethostname()}: {_one_line(exc)}",
-        )
+        return failed_result(task, f"worker host {socket.gethostname()}: {one_line(exc)}")
     return fn(task)
-
-
-_LOCAL: dict[tuple[str, str], Any] = {}
-_LOCAL_LOCK = threading.Lock()
-
-
-def _localize(task, shipment: Shipment | None):
-    """The task with this host's scratch folder and, if needed, this host's model executable."""
-    changes: dict[str, Any] = {"tmp_root": str(_scratch())}
-    backend = task.backend
-    if shipment is not None and not _usable_here(backend):
-        with _LOCAL_LOCK:  # one compile per worker process; prepare()'s file lock: per host
-            key = (str(backend.exe_file), shipment.digest)
-            if key not in _LOCAL:
-                _LOCAL[key] = _prepare_here(backend, shipment)
-            changes["backend"] = _LOCAL[key]
-    return dataclasses.replace(task, **changes)
-
-
-def _usable_here(backend: Any) -> bool:
-    exe, cmdstan = backend.exe_file, backend.cmdstan
-    return (
-        exe is not None and Path(exe).is_file() and cmdstan is not None and Path(cmdstan).is_dir()
-    )
-
-
-def _prepare_here(backend: Any, shipment: Shipment) -> Any:
-    """Find CmdStan on this host and the model by source hash; compile it once if missing."""
-    from sbc.backends.cmdstan import model_cache_dir
-    from sbc.cmdstan import cmdstan_version, find_cmdstan
-
-    cmdstan = find_cmdstan()
-    if cmdstan is None:
-        raise SBCError("no CmdStan here: run `sbc setup` on every worker host (or set $CMDSTAN)")
-    here = cmdstan_version(cmdstan)
-    if shipment.cmdstan_version and here != shipment.cmdstan_version:
-        raise SBCError(
-            f"CmdStan {here} here but the study runs {shipment.cmdstan_version}: "
-            "install the same CmdStan version on every worker host"
-        )
-    stan_file = Path(backend.stan_file)
-    if not (stan_file.is_file() and stan_file.read_bytes() == shipment.stan_source):
-        folder = model_cache_dir() / "sources" / shipment.digest
-        folder.mkdir(parents=True, exist_ok=True)
-        stan_file = folder / shipment.stan_name
-        if not stan_file.is_file():
-            staging = folder / f".{shipment.stan_name}.{os.getpid()}.{threading.get_ident()}"
-            staging.write_bytes(shipment.stan_source)
-            os.replace(staging, stan_file)
-    local = dataclasses.replace(backend, stan_file=stan_file, exe_file=None, cmdstan=None)
-    local.prepare(progress=False)  # compiles only if ~/.cache/sbc/models/<hash>/ lacks it
-    return local
 
 
 # -- worker processes: scratch folder, process group, a watchdog for CmdStan orphans ----------
@@ -338,7 +256,8 @@ class WorkerGuard(_WorkerPluginBase):
     ends. In each worker process this plugin makes the worker a process-group leader
     (CmdStan processes inherit the group) and starts a tiny watchdog process in its
     own session that waits for the worker to die, then kills the group and removes
-    the worker's scratch folder. This is `sbc.runner._worker_init` turned around.
+    the worker's scratch folder. This is `sbc.execution.pools.local.worker_init` turned
+    around.
     """
 
     name = "sbc-worker-guard"

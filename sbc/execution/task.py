@@ -1,0 +1,141 @@
+"""One simulation, in a worker process: simulate, fit, rank. Small, picklable, never raises.
+
+A simulation's seeds come from (study seed, simulation index) alone (`sbc.seeds`), so its
+result does not depend on the worker, the pool or the host that ran it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sbc.backends import Backend
+from sbc.errors import SBCError, one_line
+from sbc.ranks import derived_truth_and_draws, rank_rows
+from sbc.seeds import simulation_seeds
+from sbc.simulate import call_simulator, load_callable
+from sbc.store import SimulationResult
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs for one simulation."""
+
+    sim: int
+    master_seed: int
+    simulator: str
+    simulator_args: dict[str, Any]
+    backend: Backend
+    thin: int
+    quantities: tuple[str, ...]
+    derived: dict[str, str]
+    keep_draws: bool
+    tmp_root: str
+
+
+#: The scratch folder of the simulation this process runs now (the local pool's watchdog
+#: removes it if the runner dies), made and removed under WORKDIR_LOCK: a watchdog that holds
+#: the lock knows no new folder will appear before it kills the process.
+CURRENT_WORKDIR: list[Path | None] = [None]
+WORKDIR_LOCK = threading.Lock()
+
+
+def run_simulation(task: Task) -> SimulationResult:
+    """Simulate, fit, rank. Never raises: a failure is a result with status 'failed'."""
+    t0 = time.perf_counter()
+    sim_rng, fit_seed, rank_rng = simulation_seeds(task.master_seed, task.sim)
+    timings: dict[str, float] = {}
+    stage = "simulator"
+    with WORKDIR_LOCK:
+        workdir = Path(tempfile.mkdtemp(prefix=f"sim{task.sim}-", dir=task.tmp_root))
+        CURRENT_WORKDIR[0] = workdir
+    fit = None
+    try:
+        truth, data = call_simulator(task.simulator, sim_rng, task.simulator_args)
+        timings["simulate_seconds"] = time.perf_counter() - t0
+        stage = "fit"
+        t1 = time.perf_counter()
+        with _captured_output():
+            fit = task.backend.fit(data, fit_seed, workdir)
+            draws = task.backend.draws(fit)
+            diagnostics = task.backend.diagnose(fit)
+        timings["fit_seconds"] = time.perf_counter() - t1
+        stage = "ranks"
+        t2 = time.perf_counter()
+        missing = sorted(set(truth) - set(draws))
+        if missing:
+            raise SBCError(f"the model does not produce {', '.join(missing)}")
+        for name in truth:
+            want, got = np.shape(truth[name]), draws[name].shape[2:]
+            if want != got:
+                raise SBCError(f"truth {name} has shape {want} but the model's {name} is {got}")
+        if task.derived:
+            stage = "derived quantities"
+            d_truth, d_draws = derived_truth_and_draws(
+                {k: load_callable(v) for k, v in task.derived.items()}, truth, draws, data
+            )
+            truth = {**truth, **d_truth}
+            draws = {**draws, **d_draws}
+            stage = "ranks"
+        rows = rank_rows(
+            truth,
+            draws,
+            thin_every=task.thin,
+            rng=rank_rng,
+            quantities=list(task.quantities) or None,
+        )
+        kept = _npz({k: v[:, :: task.thin] for k, v in draws.items()}) if task.keep_draws else None
+        timings["rank_seconds"] = time.perf_counter() - t2
+        timings["wall_seconds"] = time.perf_counter() - t0
+        return SimulationResult(
+            sim=task.sim,
+            seed=fit_seed,
+            status="ok",
+            diagnostics={**diagnostics, **timings},
+            ranks=rows,
+            draws_npz=kept,
+        )
+    except Exception as exc:  # recorded, never raised: one bad simulation must not stop a study
+        timings["wall_seconds"] = time.perf_counter() - t0
+        return SimulationResult(
+            sim=task.sim,
+            seed=fit_seed,
+            status="failed",
+            error=f"{stage}: {one_line(exc)}",
+            diagnostics=timings,
+        )
+    finally:
+        if fit is not None:
+            task.backend.close(fit)
+        with WORKDIR_LOCK:
+            shutil.rmtree(workdir, ignore_errors=True)
+            CURRENT_WORKDIR[0] = None
+
+
+def failed_result(task: Task, error: str) -> SimulationResult:
+    """The record of a simulation that never ran to the end (its worker or host failed)."""
+    _, fit_seed, _ = simulation_seeds(task.master_seed, task.sim)
+    return SimulationResult(sim=task.sim, seed=fit_seed, status="failed", error=error)
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[None]:
+    """Swallow prints from backends and user code so they do not break the progress bar."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield

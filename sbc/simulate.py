@@ -1,0 +1,205 @@
+"""Simulators and derived quantities: loading the user code a study names, calling it, and
+checking it before a study runs (importable, deterministic, numeric truths the model has).
+
+Specs are strings ('package.module:function' or '/abs/path/file.py:function'),
+not function objects, so that worker processes (or dask workers on other hosts)
+can import the same code by themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sbc.errors import SBCError, one_line
+from sbc.ranks import scalar_names
+from sbc.seeds import simulation_seeds
+
+
+@functools.cache
+def load_callable(spec: str) -> Callable[..., Any]:
+    """The function a spec names; SBCError if it cannot be imported."""
+    target, _, name = spec.rpartition(":")
+    try:
+        if target.endswith(".py"):
+            module_name = "sbc_user_" + hashlib.sha1(target.encode()).hexdigest()[:12]
+            module = sys.modules.get(module_name)
+            if module is None:
+                file_spec = importlib.util.spec_from_file_location(module_name, target)
+                if file_spec is None or file_spec.loader is None:
+                    raise ImportError(f"cannot load {target}")
+                module = importlib.util.module_from_spec(file_spec)
+                sys.modules[module_name] = module
+                try:
+                    file_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+        else:
+            module = importlib.import_module(target)
+    except SBCError:
+        raise
+    except Exception as exc:  # any error inside user code at import time
+        raise SBCError(f"cannot import {target}: {type(exc).__name__}: {exc}", where=spec) from None
+    func = getattr(module, name, None)
+    if not callable(func):
+        raise SBCError(f"{target} has no function {name!r}", where=spec)
+    return func
+
+
+def source_hash(spec: str) -> str | None:
+    """Hash of the file that defines a spec's function, to notice a changed simulator."""
+    try:
+        file = inspect.getsourcefile(load_callable(spec))
+        return hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16] if file else None
+    except (TypeError, OSError):
+        return None
+
+
+def call_simulator(
+    spec: str, rng: np.random.Generator, args: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Run a simulator and check the shape of its answer: (truth dict, Stan data dict)."""
+    where = f"simulator {spec}"
+    out = load_callable(spec)(rng, **args)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise SBCError(f"must return a tuple (truth, data), got {type(out).__name__}", where=where)
+    truth, data = out
+    if not isinstance(truth, Mapping) or not isinstance(data, Mapping):
+        raise SBCError("must return (truth: dict, data: dict)", where=where)
+    if not truth:
+        raise SBCError("returned an empty truth dict: nothing to rank", where=where)
+    clean: dict[str, np.ndarray] = {}
+    for key, value in truth.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise SBCError(f"truth key {key!r} is not a Stan variable name", where=where)
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise SBCError(f"truth[{key!r}] is not numeric", where=where) from None
+        if not np.all(np.isfinite(arr)):
+            raise SBCError(f"truth[{key!r}] has non-finite values", where=where)
+        clean[key] = arr
+    return clean, dict(data)
+
+
+def check_deterministic(spec: str, args: Mapping[str, Any], seed: int) -> None:
+    """A simulator must use only the rng it is given: two calls with one seed must agree."""
+    outs = [call_simulator(spec, np.random.default_rng(seed), args) for _ in range(2)]
+    (t1, d1), (t2, d2) = outs
+    same_truth = t1.keys() == t2.keys() and all(np.array_equal(t1[k], t2[k]) for k in t1)
+    if not (same_truth and _json(d1) == _json(d2)):
+        raise SBCError(
+            "gives different results for the same rng seed: it must use only the rng it is "
+            "given (no np.random.*, random.*, or time-dependent values)",
+            where=f"simulator {spec}",
+        )
+
+
+def _json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, default=lambda v: np.asarray(v).tolist())
+
+
+# -- before a study runs ---------------------------------------------------------------------------
+
+
+def check_simulator(
+    spec: str, args: Mapping[str, Any], seed: int, sims: int, where: str, tries: int = 5
+) -> dict[str, np.ndarray]:
+    """The simulator is importable, uses only its rng and returns numeric truths: its truth.
+
+    A simulator may fail for a few seeds (recorded per simulation later), so the study is
+    refused only if it fails on each of the first `tries` simulations.
+    """
+    try:
+        inspect.signature(load_callable(spec)).bind(None, **args)
+    except SBCError as exc:
+        raise SBCError(f"[simulator] function: {exc}", where=where) from None
+    except TypeError as exc:
+        raise SBCError(
+            f"[simulator] function: {spec} cannot be called as f(rng, **args) with "
+            f"[simulator] args = {args}: {exc}",
+            where=where,
+        ) from None
+    except ValueError:  # no signature to check (a builtin): the test calls will tell
+        pass
+    first: Exception | None = None
+    for i in range(min(tries, sims)):
+        try:
+            check_deterministic(spec, args, seed + i)
+            return call_simulator(spec, simulation_seeds(seed, i)[0], args)[0]
+        except SBCError as exc:
+            raise SBCError(f"[simulator] function: {exc}", where=where) from None
+        except Exception as exc:  # the user's code failed; try the next seed
+            first = first or exc
+    assert first is not None
+    raise SBCError(
+        f"[simulator] function: {spec} fails on each of {min(tries, sims)} test calls "
+        f"({one_line(first)})",
+        where=where,
+    )
+
+
+def check_truth_against_model(
+    truth: Mapping[str, np.ndarray], produced: Mapping[str, int], model: str, where: str
+) -> None:
+    """Every truth is a variable the model produces, with as many dimensions."""
+    for name, value in truth.items():
+        if name not in produced:
+            raise SBCError(
+                f"the simulator's truth has {name!r}, which {model} does not produce "
+                f"(it has: {', '.join(sorted(produced))})",
+                where=where,
+            )
+        if produced[name] != np.ndim(value):
+            raise SBCError(
+                f"truth {name!r} has {np.ndim(value)} dimensions but the model's {name} "
+                f"has {produced[name]}",
+                where=where,
+            )
+
+
+def scalar_quantities(truth: Mapping[str, np.ndarray]) -> list[str]:
+    """The scalar names of every truth, as CmdStan names them, variables in sorted order."""
+    return [s for var, v in sorted(truth.items()) for s in scalar_names(var, np.shape(v))]
+
+
+def select_quantities(include: Sequence[str], available: list[str], where: str) -> list[str]:
+    """Scalar names to rank: all, or those named (a variable name selects all its components)."""
+    if not include:
+        return available
+    chosen: list[str] = []
+    for name in include:
+        matches = [a for a in available if a == name or a.startswith(name + "[")]
+        if not matches:
+            raise SBCError(
+                f"[quantities] include: {name!r} is not among the ranked quantities "
+                f"(the simulator's truth and derived quantities)",
+                where=where,
+            )
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
+def check_pool(pool: Sequence[str], quantities: Sequence[str], where: str) -> None:
+    """`[quantities] pool` names ranked variables with components (pooled over index 1)."""
+    for name in pool:
+        components = [q for q in quantities if q.startswith(name + "[")]
+        if not components:
+            scalar = " (a scalar: nothing to pool)" if name in quantities else ""
+            variables = sorted({q.split("[")[0] for q in quantities if "[" in q})
+            raise SBCError(
+                f"[quantities] pool: {name!r} is not a ranked vector or array{scalar} "
+                f"(ranked ones: {', '.join(variables) or 'none'})",
+                where=where,
+            )
