@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sequential_false_alarm import exact_ranks
 
+from sbc.analysis.evalues import first_rejections
 from sbc.analysis.power import gamma_p_values, holm_first, plan
-from sbc.analysis.sequential import first_rejections
 
 L = 100
 ALPHA = 0.01

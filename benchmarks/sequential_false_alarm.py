@@ -35,8 +35,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sbc.analysis.evalues import false_alarm_bound, first_rejections
 from sbc.analysis.power import gamma_p_values
-from sbc.analysis.sequential import SequentialMonitor, false_alarm_bound, first_rejections
+from sbc.analysis.sequential import SequentialMonitor
 from sbc.backends.exact import ExactNormalBackend
 from sbc.ranks import rank_of_truth
 from sbc.simulators.normal import simulate

@@ -17,7 +17,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: Public name -> the module that defines it (imported on first use).
+#: Public name -> "module" or "module:attribute" that defines it (imported on first use).
 _PUBLIC = {
     "run": "sbc.execution.run",
     "load": "sbc.results",
@@ -26,16 +26,22 @@ _PUBLIC = {
     "load_study": "sbc.study",
     "SBCError": "sbc.errors",
     "register_backend": "sbc.backends",
+    "check": "sbc.checks",
+    "compare": "sbc.checks",
+    "report": "sbc.reports:write_report",
+    "plan_power": "sbc.analysis.power:plan",
+    "Calibration": "sbc.analysis.verdicts",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]
 
 
 def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name)
-    if module is None:
+    target = _PUBLIC.get(name)
+    if target is None:
         raise AttributeError(f"module 'sbc' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attribute = target.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -278,7 +278,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sbc.report import write_report
+    from sbc.reports import write_report
 
     path = write_report(args.results, out=args.out, alpha=args.alpha, pool=args.pool)
     print(f"report: {path}")

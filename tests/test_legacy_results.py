@@ -12,7 +12,7 @@ from pathlib import Path
 
 import sbc
 from sbc.checks import check
-from sbc.report import write_report
+from sbc.reports import write_report
 
 LEGACY = Path(__file__).parent / "data" / "legacy_v0_1"
 

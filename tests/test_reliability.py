@@ -715,7 +715,7 @@ def test_second_run_is_refused_and_readers_work_while_a_study_runs(tmp_path):
         assert check.returncode in (0, 1), check.stderr
         assert "locked" not in check.stderr
         try:
-            import sbc.report  # noqa: F401
+            import sbc.reports  # noqa: F401
         except ImportError:
             pass
         else:

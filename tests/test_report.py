@@ -21,8 +21,8 @@ import pytest
 from conftest import exact_study
 
 import sbc
-from sbc import report
-from sbc.report import html, sections, write_report
+from sbc import reports as report
+from sbc.reports import html, sections, write_report
 from sbc.store import Store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

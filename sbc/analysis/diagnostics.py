@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sbc.store import Diagnostic
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -80,15 +82,35 @@ def _rhat_limit(L: float, chains: float) -> float:
     return math.sqrt(1 + chains / (L / 2)) if L > 0 and chains > 0 else math.nan
 
 
-#: The rules for the diagnostics sbc's CmdStan backend records (and older results hold).
+#: R-hat's rule depends on L and the chains, so backends declare `rhat_max` without one and
+#: the analysis supplies it: R-hat is the same concept for every MCMC backend.
+RHAT_RULE = Rule("rhat_max", ">", _rhat_limit, why="the R-hat an ESS of L/2 implies "
+                 "(Vats & Knudson 2021)")  # fmt: skip
+
+#: The rules for results written before backends declared theirs (sbc 0.1, CmdStan); the same
+#: as the CmdStan sample backend declares (tests/backends/test_cmdstan_sample.py checks it).
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("divergences", ">", 0, why="Betancourt (2017)"),
     Rule("treedepth_hits", ">", 0, why="Stan Reference Manual"),
     Rule("ebfmi_min", "<", 0.3, why="Betancourt (2016); CmdStan diagnose"),
-    Rule("rhat_max", ">", _rhat_limit, why="the R-hat an ESS of L/2 implies (Vats & Knudson 2021)"),
+    RHAT_RULE,
     Rule("ess_bulk_min", "<", 0.5, per_kept_draw=True, why="kept draws near-independent (R SBC)"),
     Rule("ess_tail_min", "<", 0.5, per_kept_draw=True, why="kept draws near-independent (R SBC)"),
 )
+
+
+def rules_for(declared: Sequence[Diagnostic] | None) -> tuple[Rule, ...]:
+    """The rules of the diagnostics a backend declared (`Results.diagnostics`), in its order;
+    `DEFAULT_RULES` for results that predate declarations."""
+    if declared is None:
+        return DEFAULT_RULES
+    rules = []
+    for d in declared:
+        if d.name == RHAT_RULE.column and d.flag_when is None:
+            rules.append(RHAT_RULE)
+        elif d.flag_when is not None and d.threshold is not None:
+            rules.append(Rule(d.name, d.flag_when, d.threshold, d.per_kept_draw, d.doc))
+    return tuple(rules)
 
 
 def kept_draws(ranks_df: pd.DataFrame, sims: pd.DataFrame) -> pd.Series:

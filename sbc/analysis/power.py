@@ -34,8 +34,8 @@ import pandas as pd
 from scipy import stats
 
 from sbc.analysis import uniformity as uni
+from sbc.analysis.evalues import DEFAULT_DESIGN, Design, detection_times
 from sbc.analysis.rank_model import rank_pmf
-from sbc.analysis.sequential import DEFAULT_DESIGN, Design, detection_times
 from sbc.errors import SBCError
 
 #: Central interval levels (%) a coverage effect may name.

@@ -163,14 +163,14 @@ class Calibration:
         """From a `sbc.Results`: pooling and order as the study declared them (`pool`
         overrides, e.g. for results written before studies declared it)."""
         m = results.manifest or {}
-        declared = ((m.get("study") or {}).get("quantities") or {}).get("pool") or ()
         return cls(
             ranks=results.ranks,
             simulations=results.simulations,
             alpha=alpha,
-            pool=tuple(declared if pool is None else pool),
+            pool=tuple(results.pool if pool is None else pool),
             order=tuple(m["quantities"]) if m.get("quantities") else None,
             chains=diag.chains_of(m),
+            rules=diag.rules_for(results.diagnostics),
         )
 
     # -- computed once ----------------------------------------------------------------------

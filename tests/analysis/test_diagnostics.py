@@ -70,3 +70,15 @@ def test_split_puts_every_ranked_simulation_somewhere():
     assert (custom.n_flagged, custom.n_clean, custom.n_unknown) == (2, 3, 0)
     with pytest.raises(ValueError):
         cal.split("nonsense")
+
+
+def test_cmdstan_declarations_give_the_rules_older_results_are_judged_by():
+    # Deterministic: results written before backends declared their diagnostics fall back to
+    # DEFAULT_RULES, which must be what the CmdStan sample backend declares today.
+    from sbc.backends.cmdstan.sample import DIAGNOSTICS
+
+    def key(rules):
+        return [(r.column, r.flag_when, r.threshold, r.per_kept_draw) for r in rules]
+
+    assert key(dg.rules_for(DIAGNOSTICS)) == key(dg.DEFAULT_RULES)
+    assert dg.rules_for(None) == dg.DEFAULT_RULES

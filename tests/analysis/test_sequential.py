@@ -18,10 +18,8 @@ import pytest
 from conftest import exact_study
 
 import sbc
-from sbc.analysis.rank_model import rank_pmf
-from sbc.analysis.sequential import (
+from sbc.analysis.evalues import (
     DEFAULT_DESIGN,
-    SequentialMonitor,
     _bins,
     _param_table,
     eholm_thresholds,
@@ -29,6 +27,8 @@ from sbc.analysis.sequential import (
     first_rejections,
     log_e_process,
 )
+from sbc.analysis.rank_model import rank_pmf
+from sbc.analysis.sequential import SequentialMonitor
 from sbc.backends.exact import ExactNormalBackend
 from sbc.errors import SBCError
 from sbc.ranks import rank_of_truth

@@ -141,7 +141,7 @@ def _wrap_suptitle(fig: Figure) -> None:
 
 
 def page(title: str, body: str) -> str:
-    css = resources.files("sbc.report").joinpath("style.css").read_text(encoding="utf-8")
+    css = resources.files("sbc.reports").joinpath("style.css").read_text(encoding="utf-8")
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from sbc import __version__, plots
 from sbc.analysis.quantities import pooled_name
 from sbc.analysis.verdicts import Calibration, SplitVerdicts
-from sbc.report import html as h
+from sbc.reports import html as h
 from sbc.results import Results
 
 #: Longer verdict tables keep failing, scalar and pooled rows in view and fold the rest.

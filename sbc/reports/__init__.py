@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sbc.analysis.verdicts import Calibration
 from sbc.errors import SBCError
-from sbc.report import html as h
-from sbc.report import sections as sec
+from sbc.reports import html as h
+from sbc.reports import sections as sec
 from sbc.results import Results, load
 
 REPORT_NAME = "report.html"
