@@ -197,23 +197,29 @@ def ecdf_diff(
     fig, axes = _grid(len(panels), max_cols, title)
     for ax, panel in zip(axes, panels, strict=True):
         ranks, L = common_ranks(panel.rows)
-        if panel.clusters is None:
-            z, d = uni.ecdf_diff(ranks, L)
-            zb, lo, hi = uni.ecdf_band(ranks.size, L, alpha)
-        else:
-            S = int(np.unique(panel.clusters).size)
-            K = pl.pooled_n_eval(S, L)
-            z, d = uni.ecdf_diff(ranks, L, n_eval_points=K)
-            zb, lo, hi = pl.pooled_band(S, L, K, alpha)
-        ax.fill_between(zb, lo - zb, hi - zb, step="post", color=_BAND, alpha=0.6, lw=0)
-        ax.axhline(0, color=_GREY, lw=0.6, ls="--")
-        ax.step(z, d, where="post", color="black", lw=1.0)
-        ax.set_xlim(0, 1)
-        lim = max(np.abs(hi - zb).max(), np.abs(lo - zb).max(), np.abs(d).max()) * 1.1
-        ax.set_ylim(-lim, lim)
-        ax.set_xlabel("z (fractional rank)", fontsize=7)
-        _title(ax, panel)
+        _ecdf_panel(ax, panel, ranks, L, alpha, "z (fractional rank)")
     return fig
+
+
+def _ecdf_panel(ax: Axes, panel: Panel, ranks: np.ndarray, L: int, alpha: float, x: str) -> None:
+    """F(z) − z of ranks uniform under calibration, with its simultaneous band: the γ band,
+    or for pooled ranks the band valid under any dependence, on a coarser grid."""
+    if panel.clusters is None:
+        z, d = uni.ecdf_diff(ranks, L)
+        zb, lo, hi = uni.ecdf_band(ranks.size, L, alpha)
+    else:
+        S = int(np.unique(panel.clusters).size)
+        K = pl.pooled_n_eval(S, L)
+        z, d = uni.ecdf_diff(ranks, L, n_eval_points=K)
+        zb, lo, hi = pl.pooled_band(S, L, K, alpha)
+    ax.fill_between(zb, lo - zb, hi - zb, step="post", color=_BAND, alpha=0.6, lw=0)
+    ax.axhline(0, color=_GREY, lw=0.6, ls="--")
+    ax.step(z, d, where="post", color="black", lw=1.0)
+    ax.set_xlim(0, 1)
+    lim = max(np.abs(hi - zb).max(), np.abs(lo - zb).max(), np.abs(d).max()) * 1.1
+    ax.set_ylim(-lim, lim)
+    ax.set_xlabel(x, fontsize=7)
+    _title(ax, panel)
 
 
 def coverage_plot(
@@ -286,22 +292,7 @@ def coverage_diff_plot(
     for ax, panel in zip(axes, panels, strict=True):
         ranks, L = common_ranks(panel.rows)
         central = cov.centrality_ranks(ranks, L)
-        if panel.clusters is None:
-            z, d = uni.ecdf_diff(central, L)
-            zb, lo, hi = uni.ecdf_band(central.size, L, alpha)
-        else:
-            S = int(np.unique(panel.clusters).size)
-            K = pl.pooled_n_eval(S, L)
-            z, d = uni.ecdf_diff(central, L, n_eval_points=K)
-            zb, lo, hi = pl.pooled_band(S, L, K, alpha)
-        ax.fill_between(zb, lo - zb, hi - zb, step="post", color=_BAND, alpha=0.6, lw=0)
-        ax.axhline(0, color=_GREY, lw=0.6, ls="--")
-        ax.step(z, d, where="post", color="black", lw=1.0)
-        ax.set_xlim(0, 1)
-        lim = max(np.abs(hi - zb).max(), np.abs(lo - zb).max(), np.abs(d).max()) * 1.1
-        ax.set_ylim(-lim, lim)
-        ax.set_xlabel("width of the central interval", fontsize=7)
-        _title(ax, panel)
+        _ecdf_panel(ax, panel, central, L, alpha, "width of the central interval")
     return fig
 
 
