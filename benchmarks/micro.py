@@ -92,7 +92,7 @@ def main() -> int:
     worst = 0.0
     for i in range(n_fits):
         rng, seed, rank_rng = simulation_seeds(study.seed, i)
-        truth, data = call_simulator(study.simulator.function, rng, study.simulator.args)
+        truth, data = call_simulator(study.simulator, rng)
         wd = Path(tempfile.mkdtemp(dir=work))
         fit = backend.fit(data, seed, wd)
         c0 = time.process_time()

@@ -74,7 +74,7 @@ def prepare_bare(study_file: Path, sims: int, workdir: Path, parallel_chains: in
     fits = []
     for i in range(sims):
         rng, seed, _ = simulation_seeds(study.seed, i)
-        _, data = call_simulator(study.simulator.function, rng, study.simulator.args)
+        _, data = call_simulator(study.simulator, rng)
         path = data_dir / f"data-{i}.json"
         cmdstanpy.write_stan_json(str(path), data)
         fits.append({"data": str(path), "seed": seed})

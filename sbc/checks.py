@@ -84,10 +84,8 @@ def datasets_key(manifest_or_study: Any) -> tuple:
     if isinstance(manifest_or_study, dict):
         study = manifest_or_study.get("study", {})
         return study.get("seed"), _plain(study.get("simulator"))
-    import dataclasses
-
     s = manifest_or_study
-    return s.seed, _plain(dataclasses.asdict(s.simulator))
+    return s.seed, _plain(s.simulator.describe())
 
 
 def _plain(value: Any) -> Any:

@@ -38,12 +38,13 @@ def recover(study: Study, progress: bool = True) -> Recovery:
 
     sim_rng, fit_seed, _ = simulation_seeds(study.seed, 0)
     try:
-        truth, data = call_simulator(study.simulator.function, sim_rng, study.simulator.args)
+        study.simulator.prepare(str(study.path), progress=progress)
+        truth, data = call_simulator(study.simulator, sim_rng)
     except SBCError as exc:
-        raise SBCError(f"[simulator] function: {exc}", where=str(study.path)) from None
+        raise SBCError(f"{study.simulator.key}: {exc}", where=str(study.path)) from None
     except Exception as exc:  # the user's simulator failed: say so in one line
         raise SBCError(
-            f"[simulator] function: {study.simulator.function} failed: {type(exc).__name__}: {exc}",
+            f"{study.simulator.key}: {study.simulator} failed: {type(exc).__name__}: {exc}",
             where=str(study.path),
         ) from None
     backend = make_backend(study, cores=available_cores())

@@ -1,9 +1,12 @@
 """Simulators and derived quantities: loading the user code a study names, calling it, and
 checking it before a study runs (importable, deterministic, numeric truths the model has).
 
-Specs are strings ('package.module:function' or '/abs/path/file.py:function'),
-not function objects, so that worker processes (or dask workers on other hosts)
-can import the same code by themselves.
+A study's simulator is an object with the `Simulator` protocol: the runner prepares it
+once, ships it to worker processes in each task and calls `simulate(rng)` there; whatever
+it is (a Python function, or another kind), its answer is checked the same way
+(`call_simulator`). `PythonSimulator` names its function by a spec string
+('package.module:function' or '/abs/path/file.py:function'), not a function object, so
+that worker processes (or dask workers on other hosts) import the same code by themselves.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import inspect
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -66,12 +70,81 @@ def source_hash(spec: str) -> str | None:
         return None
 
 
+# -- simulators ------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """Where a simulation's (truth, data) come from: prepared once, shipped to workers."""
+
+    #: The study-file key that names it, for messages ("[simulator] function").
+    key: ClassVar[str]
+
+    def prepare(self, where: str, progress: bool = True) -> None:
+        """Expensive one-time work in the main process, before any call (nothing for Python)."""
+        ...
+
+    def simulate(self, rng: np.random.Generator) -> Any:
+        """One (truth, data) pair, drawing only from `rng`; checked by `call_simulator`."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings that, with the study seed, fix every simulated dataset."""
+        ...
+
+    def source_hash(self) -> str | None:
+        """Hash of the code behind it, to refuse resuming results a changed simulator made."""
+        ...
+
+    def check_call(self, where: str) -> None:
+        """Refuse, in one line, a simulator that cannot be called at all (before any call)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PythonSimulator:
+    """``[simulator] function = "module:function"`` with ``args``: f(rng, **args)."""
+
+    function: str  # "package.module:function" or "/abs/path/file.py:function"
+    args: dict[str, Any] = field(default_factory=dict)
+    key: ClassVar[str] = "[simulator] function"
+
+    def prepare(self, where: str, progress: bool = True) -> None:
+        return None
+
+    def simulate(self, rng: np.random.Generator) -> Any:
+        return load_callable(self.function)(rng, **self.args)
+
+    def describe(self) -> dict[str, Any]:
+        return {"function": self.function, "args": self.args}
+
+    def source_hash(self) -> str | None:
+        return source_hash(self.function)
+
+    def check_call(self, where: str) -> None:
+        try:
+            inspect.signature(load_callable(self.function)).bind(None, **self.args)
+        except SBCError as exc:
+            raise SBCError(f"{self.key}: {exc}", where=where) from None
+        except TypeError as exc:
+            raise SBCError(
+                f"{self.key}: {self.function} cannot be called as f(rng, **args) with "
+                f"[simulator] args = {self.args}: {exc}",
+                where=where,
+            ) from None
+        except ValueError:  # no signature to check (a builtin): the test calls will tell
+            pass
+
+    def __str__(self) -> str:
+        return self.function
+
+
 def call_simulator(
-    spec: str, rng: np.random.Generator, args: Mapping[str, Any]
+    simulator: Simulator, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Run a simulator and check the shape of its answer: (truth dict, Stan data dict)."""
-    where = f"simulator {spec}"
-    out = load_callable(spec)(rng, **args)
+    where = f"simulator {simulator}"
+    out = simulator.simulate(rng)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise SBCError(f"must return a tuple (truth, data), got {type(out).__name__}", where=where)
     truth, data = out
@@ -93,16 +166,16 @@ def call_simulator(
     return clean, dict(data)
 
 
-def check_deterministic(spec: str, args: Mapping[str, Any], seed: int) -> None:
+def check_deterministic(simulator: Simulator, seed: int) -> None:
     """A simulator must use only the rng it is given: two calls with one seed must agree."""
-    outs = [call_simulator(spec, np.random.default_rng(seed), args) for _ in range(2)]
+    outs = [call_simulator(simulator, np.random.default_rng(seed)) for _ in range(2)]
     (t1, d1), (t2, d2) = outs
     same_truth = t1.keys() == t2.keys() and all(np.array_equal(t1[k], t2[k]) for k in t1)
     if not (same_truth and _json(d1) == _json(d2)):
         raise SBCError(
             "gives different results for the same rng seed: it must use only the rng it is "
             "given (no np.random.*, random.*, or time-dependent values)",
-            where=f"simulator {spec}",
+            where=f"simulator {simulator}",
         )
 
 
@@ -114,37 +187,26 @@ def _json(data: Mapping[str, Any]) -> str:
 
 
 def check_simulator(
-    spec: str, args: Mapping[str, Any], seed: int, sims: int, where: str, tries: int = 5
+    simulator: Simulator, seed: int, sims: int, where: str, tries: int = 5
 ) -> dict[str, np.ndarray]:
-    """The simulator is importable, uses only its rng and returns numeric truths: its truth.
+    """The simulator can be called, uses only its rng and returns numeric truths: its truth.
 
     A simulator may fail for a few seeds (recorded per simulation later), so the study is
     refused only if it fails on each of the first `tries` simulations.
     """
-    try:
-        inspect.signature(load_callable(spec)).bind(None, **args)
-    except SBCError as exc:
-        raise SBCError(f"[simulator] function: {exc}", where=where) from None
-    except TypeError as exc:
-        raise SBCError(
-            f"[simulator] function: {spec} cannot be called as f(rng, **args) with "
-            f"[simulator] args = {args}: {exc}",
-            where=where,
-        ) from None
-    except ValueError:  # no signature to check (a builtin): the test calls will tell
-        pass
+    simulator.check_call(where)
     first: Exception | None = None
     for i in range(min(tries, sims)):
         try:
-            check_deterministic(spec, args, seed + i)
-            return call_simulator(spec, simulation_seeds(seed, i)[0], args)[0]
+            check_deterministic(simulator, seed + i)
+            return call_simulator(simulator, simulation_seeds(seed, i)[0])[0]
         except SBCError as exc:
-            raise SBCError(f"[simulator] function: {exc}", where=where) from None
+            raise SBCError(f"{simulator.key}: {exc}", where=where) from None
         except Exception as exc:  # the user's code failed; try the next seed
             first = first or exc
     assert first is not None
     raise SBCError(
-        f"[simulator] function: {spec} fails on each of {min(tries, sims)} test calls "
+        f"{simulator.key}: {simulator} fails on each of {min(tries, sims)} test calls "
         f"({one_line(first)})",
         where=where,
     )

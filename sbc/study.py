@@ -29,12 +29,7 @@ from sbc.options import (
     no_unknown,
     parse_options,
 )
-
-
-@dataclass(frozen=True)
-class Simulator:
-    function: str  # "package.module:function" or "path/to/file.py:function"
-    args: dict[str, Any] = field(default_factory=dict)
+from sbc.simulate import PythonSimulator, Simulator
 
 
 @dataclass(frozen=True)
@@ -93,7 +88,7 @@ class Study:
         sampler = self.backend.sampler
         return {
             "seed": self.seed,
-            "simulator": dataclasses.asdict(self.simulator),
+            "simulator": self.simulator.describe(),
             "sampler": {
                 **(dataclasses.asdict(sampler) if sampler is not None else {}),
                 "thin": self.thin,
@@ -115,7 +110,7 @@ class Study:
             "stan": str(self.stan) if self.stan else None,
             "sims": self.sims,
             "seed": self.seed,
-            "simulator": dataclasses.asdict(self.simulator),
+            "simulator": self.simulator.describe(),
             "sampler": self.identity()["sampler"],
             "backend": self.identity()["backend"],
             "quantities": dataclasses.asdict(self.quantities),
@@ -216,7 +211,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
     if "function" not in sim_raw:
         raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
-    simulator = Simulator(
+    simulator = PythonSimulator(
         function=_callable_spec(sim_raw["function"], "[simulator] function", where, base),
         args=check_table(sim_raw.get("args", {}), "[simulator] args", where),
     )

@@ -15,6 +15,7 @@ from sbc.analysis.verdicts import calibrate
 from sbc.backends.exact import ExactNormalBackend
 from sbc.errors import SBCError
 from sbc.execution.task import Task, run_simulation
+from sbc.simulate import PythonSimulator
 from sbc.testing import assert_calibrated
 
 
@@ -27,9 +28,10 @@ def exact_ranks(study: int, sims: int, sd_scale: float) -> pd.DataFrame:
     backend = ExactNormalBackend(chains=1, draws_per_chain=100, sd_scale=sd_scale)
     rows = []
     for sim in range(sims):
-        task = Task(sim=sim, master_seed=1000 + study, simulator="sbc.simulators.normal:simulate",
-                    simulator_args={"K": 3, "N": 10}, backend=backend, thin=1, quantities=(),
-                    derived={}, keep_draws=False, tmp_root="/tmp")  # fmt: skip
+        simulator = PythonSimulator("sbc.simulators.normal:simulate", {"K": 3, "N": 10})
+        task = Task(sim=sim, master_seed=1000 + study, simulator=simulator, backend=backend,
+                    thin=1, quantities=(), derived={}, keep_draws=False,
+                    tmp_root="/tmp")  # fmt: skip
         result = run_simulation(task)
         rows += [{"sim": sim, **r} for r in result.ranks]
     return pd.DataFrame(rows)

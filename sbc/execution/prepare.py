@@ -38,9 +38,8 @@ def make_backend(study: Study, cores: int) -> Backend:
 def prepare(study: Study, progress: bool = True) -> Prepared:
     """Check the simulator, derived quantities and quantity names; prepare the backend."""
     where = str(study.path or study.name)
-    truth = check_simulator(
-        study.simulator.function, study.simulator.args, study.seed, study.sims, where
-    )
+    study.simulator.prepare(where, progress=progress)
+    truth = check_simulator(study.simulator, study.seed, study.sims, where)
     for name, spec in study.quantities.derived.items():
         try:
             load_callable(spec)

@@ -23,7 +23,6 @@ from sbc.errors import SBCError
 from sbc.execution.pools import drain, open_pool
 from sbc.execution.prepare import Prepared, prepare
 from sbc.execution.task import Task
-from sbc.simulate import source_hash
 from sbc.store import DB_NAME, Store
 from sbc.study import Study, load_study
 
@@ -137,7 +136,7 @@ def identity(p: Prepared) -> dict[str, Any]:
     the Stan source)."""
     return {
         "study": p.study.identity_hash(),
-        "simulator_source": source_hash(p.study.simulator.function),
+        "simulator_source": p.study.simulator.source_hash(),
         **p.backend.identity(),
     }
 
@@ -271,8 +270,7 @@ def _task_factory(p: Prepared, tmp_root: str):
         return Task(
             sim=sim,
             master_seed=study.seed,
-            simulator=study.simulator.function,
-            simulator_args=study.simulator.args,
+            simulator=study.simulator,
             backend=p.backend,
             thin=study.thin,
             quantities=tuple(p.quantities),

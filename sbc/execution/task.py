@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from sbc.backends import Backend
 from sbc.errors import SBCError, one_line
 from sbc.ranks import derived_truth_and_draws, rank_rows
 from sbc.seeds import simulation_seeds
-from sbc.simulate import call_simulator, load_callable
+from sbc.simulate import Simulator, call_simulator, load_callable
 from sbc.store import SimulationResult
 
 
@@ -33,8 +32,7 @@ class Task:
 
     sim: int
     master_seed: int
-    simulator: str
-    simulator_args: dict[str, Any]
+    simulator: Simulator
     backend: Backend
     thin: int
     quantities: tuple[str, ...]
@@ -61,7 +59,7 @@ def run_simulation(task: Task) -> SimulationResult:
         CURRENT_WORKDIR[0] = workdir
     fit = None
     try:
-        truth, data = call_simulator(task.simulator, sim_rng, task.simulator_args)
+        truth, data = call_simulator(task.simulator, sim_rng)
         timings["simulate_seconds"] = time.perf_counter() - t0
         stage = "fit"
         t1 = time.perf_counter()

@@ -31,7 +31,7 @@ def lmm(cmdstan):
 
 def _fit(study, backend, sim: int, workdir: Path):
     rng, seed, _ = simulation_seeds(study.seed, sim)
-    _, data = call_simulator(study.simulator.function, rng, study.simulator.args)
+    _, data = call_simulator(study.simulator, rng)
     workdir.mkdir()
     return backend.fit(data, seed, workdir)
 

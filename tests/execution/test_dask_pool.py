@@ -24,6 +24,7 @@ from sbc.backends.cmdstan import remote
 from sbc.backends.exact import ExactNormalBackend
 from sbc.errors import SBCError
 from sbc.seeds import simulation_seeds
+from sbc.simulate import PythonSimulator
 
 RANK_COLUMNS = ["sim", "quantity", "rank", "truth", "mean"]
 
@@ -75,8 +76,9 @@ def test_worker_host_without_cmdstan_records_a_failed_simulation(tmp_path, monke
         cmdstan=tmp_path / "elsewhere" / "cmdstan",
     )
     task = Task(
-        sim=4, master_seed=9, simulator="sbc.simulators.normal:simulate",
-        simulator_args={"K": 1, "N": 2}, backend=backend, thin=1, quantities=(),
+        sim=4, master_seed=9,
+        simulator=PythonSimulator("sbc.simulators.normal:simulate", {"K": 1, "N": 2}),
+        backend=backend, thin=1, quantities=(),
         derived={}, keep_draws=False, tmp_root=str(tmp_path / "elsewhere" / "tmp"),
     )  # fmt: skip
     shipment = remote.Shipment("m.stan", b"parameters { real mu; }", "2.27.0")
@@ -317,7 +319,7 @@ def test_a_worker_host_finds_the_model_by_source_hash(tmp_path, monkeypatch, cmd
         cmdstan=elsewhere / "cmdstan",
     )
     task = Task(
-        sim=0, master_seed=1, simulator="sbc.simulators.lmm:simulate", simulator_args={},
+        sim=0, master_seed=1, simulator=PythonSimulator("sbc.simulators.lmm:simulate", {}),
         backend=backend, thin=1, quantities=(), derived={}, keep_draws=False,
         tmp_root=str(elsewhere / "tmp"),
     )  # fmt: skip
