@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import STUDIES
 
-from sbc.backends.cmdstan import sample
+from sbc.backends.cmdstan import program
 from sbc.backends.convergence import ebfmi
 from sbc.execution.prepare import make_backend
 from sbc.seeds import simulation_seeds
@@ -41,7 +41,7 @@ def test_diagnostics_agree_with_the_sampler_columns(lmm, tmp_path, monkeypatch):
     calls = []
     info = cmdstanpy.CmdStanModel.exe_info
     monkeypatch.setattr(cmdstanpy.CmdStanModel, "exe_info", lambda m: calls.append(1) or info(m))
-    sample._MODELS.clear()  # a fresh worker process
+    program._MODELS.clear()  # a fresh worker process
     fits = [_fit(study, backend, sim, tmp_path / str(sim)) for sim in (0, 1)]
     assert len(calls) == 1  # sample() asks every time; the executable is asked once
 

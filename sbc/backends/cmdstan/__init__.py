@@ -1,5 +1,7 @@
 """The CmdStan backends.
 
+* `program`: a compiled Stan program (compiling once per host, `stanc --info`, identity,
+  remote hosts): the part every CmdStan-based backend shares;
 * `sample`: NUTS through cmdstanpy's `sample` (``[backend] type = "cmdstan"``, the default;
   its settings are the study's ``[sampler]`` table);
 * `install`: finding or provisioning CmdStan itself (`sbc setup`), with `build` for the

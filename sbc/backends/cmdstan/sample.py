@@ -1,28 +1,19 @@
 """CmdStan's NUTS sampler through cmdstanpy: compile once per study, sample once per simulation.
 
-The executable is cached by the hash of the Stan source and the CmdStan version and folder
-(`~/.cache/sbc/models/<hash>/`), so a second study of the same program, and every worker
-process, reuses it. Workers get the executable's path and never compile; a dask worker on
-another host gets the Stan source and builds the model there once (`remote.py`).
+The program's part (compiling and caching it, its variables, identity, remote hosts) is
+`program.StanProgram`'s; this module adds NUTS's settings and what one fit gives.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
-import functools
-import hashlib
-import os
-import re
-import shutil
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sbc.backends import BackendBase, BackendSpec
+from sbc.backends import BackendSpec
+from sbc.backends.cmdstan.program import StanProgram, cmdstan_failure
 from sbc.errors import SBCError
 from sbc.store import Diagnostic
 
@@ -72,113 +63,33 @@ DIAGNOSTICS = (
 )  # fmt: skip
 
 
-def quiet_cmdstanpy() -> None:
-    """cmdstanpy logs every chain start and stop; a study shows its own progress instead."""
-    from cmdstanpy.utils import get_logger
-
-    get_logger().disabled = True
-
-
 @dataclass
-class CmdStanBackend(BackendBase):
+class CmdStanBackend(StanProgram):
     """``[backend] type = "cmdstan"`` (the default): NUTS on a Stan program."""
 
-    stan_file: Path
     settings: SampleSettings = SampleSettings()
     parallel_chains: int = 1
-    exe_file: Path | None = None
-    cmdstan: Path | None = None
-    _variables: dict[str, int] | None = field(default=None, repr=False)
     name = "cmdstan"
     Sampler = SampleSettings
     diagnostics = DIAGNOSTICS
-    needs_stan = True
 
     @classmethod
     def create(cls, spec: BackendSpec, stan: Path | None, cores: int) -> CmdStanBackend:
         settings = spec.sampler or SampleSettings()
         assert stan is not None  # the study checks `needs_stan`
         # chains run in parallel on the cores a fit has, one after the other beyond that
-        return cls(stan, settings, parallel_chains=max(1, min(settings.chains, cores)))
-
-    # -- once per study, in the main process ---------------------------------------------------
-    def prepare(self, progress: bool = True) -> None:
-        from sbc.backends.cmdstan.install import cmdstan_version, ensure_cmdstan, model_cache_dir
-
-        quiet_cmdstanpy()
-        self.cmdstan = ensure_cmdstan(progress=progress)
-        source = Path(self.stan_file).read_bytes()
-        # the executable links CmdStan's TBB by path: a different CmdStan is a different model
-        toolchain = f"{cmdstan_version(self.cmdstan)}\0{self.cmdstan}".encode()
-        digest = hashlib.sha256(source + b"\0" + toolchain).hexdigest()[:16]
-        folder = model_cache_dir() / digest
-        folder.mkdir(parents=True, exist_ok=True)
-        exe = folder / Path(self.stan_file).stem
-        with open(folder / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one compile per host, however many processes ask
-            if not exe.is_file():
-                self._compile(exe, progress)
-            self._variables = _read_variables(Path(self.stan_file), exe)
-        self.exe_file = exe
-
-    def _compile(self, exe: Path, progress: bool) -> None:
-        import sys
-
-        import cmdstanpy
-
-        staging = exe.parent / f".build-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        stan_copy = staging / Path(self.stan_file).name
-        shutil.copyfile(self.stan_file, stan_copy)
-        if progress:
-            print(f"sbc: compiling {self.stan_file} (once; cached by source hash)", file=sys.stderr)
-        try:
-            model = cmdstanpy.CmdStanModel(stan_file=stan_copy)
-            os.replace(model.exe_file, exe)  # atomic: a half-written executable is never used
-        except (ValueError, RuntimeError) as exc:
-            raise SBCError(_stanc_message(str(exc)), where=str(self.stan_file)) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def variables(self) -> dict[str, int] | None:
-        return self._variables
-
-    def identity(self) -> dict[str, str]:
-        return {"stan_source": hashlib.sha256(Path(self.stan_file).read_bytes()).hexdigest()}
-
-    def describe(self) -> dict[str, Any]:
-        from sbc.backends.cmdstan.install import cmdstan_version
-
-        return {
-            "type": self.name,
-            "stan_file": str(self.stan_file),
-            "exe_file": str(self.exe_file),
-            "cmdstan": str(self.cmdstan),
-            "cmdstan_version": cmdstan_version(self.cmdstan) if self.cmdstan else None,
-        }
-
-    # -- on a dask worker host ------------------------------------------------------------------
-    def remote_payload(self) -> Any:
-        from sbc.backends.cmdstan.remote import shipment
-
-        return shipment(self) if self.exe_file is not None else None
-
-    def on_host(self, payload: Any) -> CmdStanBackend:
-        from sbc.backends.cmdstan.remote import for_this_host
-
-        return for_this_host(self, payload) if payload is not None else self
-
-    def with_paths(self, stan_file: Path) -> CmdStanBackend:
-        """This backend for another copy of its Stan program, not yet prepared."""
-        return dataclasses.replace(self, stan_file=stan_file, exe_file=None, cmdstan=None)
+        return cls(
+            stan_file=stan,
+            settings=settings,
+            parallel_chains=max(1, min(settings.chains, cores)),
+        )
 
     # -- once per simulation, in a worker ---------------------------------------------------------
     def fit(self, data: dict[str, Any], seed: int, workdir: Path) -> Any:
         import cmdstanpy
 
         s = self.settings
-        model = _model(str(self.exe_file), str(self.cmdstan))
+        model = self.model()
         data_file = workdir / "data.json"
         cmdstanpy.write_stan_json(str(data_file), data)
         try:
@@ -199,7 +110,7 @@ class CmdStanBackend(BackendBase):
         except TimeoutError:
             raise RuntimeError(f"fit exceeded the timeout of {s.timeout:g} s; killed") from None
         except RuntimeError as exc:
-            raise RuntimeError(_cmdstan_failure(str(exc))) from None
+            raise RuntimeError(cmdstan_failure(str(exc))) from None
 
     def draws(self, fit: Any) -> dict[str, np.ndarray]:
         chains = fit.chains
@@ -236,106 +147,3 @@ class CmdStanBackend(BackendBase):
         diag["warmup_seconds"] = sum(t.get("warmup", 0.0) for t in fit.time)
         diag["sampling_seconds"] = sum(t.get("sampling", 0.0) for t in fit.time)
         return diag
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-_MODELS: dict[tuple[str, str], Any] = {}
-
-
-def _model(exe_file: str, cmdstan: str) -> Any:
-    """One model per worker process (wrapping an existing executable: no compile)."""
-    key = (exe_file, cmdstan)
-    if key not in _MODELS:
-        import cmdstanpy
-
-        quiet_cmdstanpy()
-        cmdstanpy.set_cmdstan_path(cmdstan)
-        _MODELS[key] = _model_with_fixed_info(cmdstanpy.CmdStanModel)(exe_file=exe_file)
-    return _MODELS[key]
-
-
-@functools.cache
-def _model_with_fixed_info(base: type) -> type:
-    """`CmdStanModel` whose public `exe_info()` runs the executable once, not once per fit.
-
-    cmdstanpy's `sample()` calls `exe_info()`, which starts a process (`<exe> info`) every
-    time: 4 ms of a 2 s fit (benchmarks/README.md, "Per-fit Python costs"), for an answer
-    that cannot change while the executable does not. Overriding the public method in a
-    subclass keeps that saving without touching cmdstanpy's internals; if a later cmdstanpy
-    stops calling it, nothing breaks.
-    """
-
-    class Model(base):  # type: ignore[misc,valid-type]
-        _info: dict[str, str] | None = None
-
-        def exe_info(self) -> dict[str, str]:
-            if self._info is None:
-                self._info = super().exe_info()
-            return dict(self._info)
-
-    return Model
-
-
-def _read_variables(stan_file: Path, exe: Path) -> dict[str, int]:
-    """Names and dimensions of parameters and generated quantities (from `stanc --info`)."""
-    import json
-
-    cache = exe.parent / "variables.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    import cmdstanpy
-
-    # the executable is named after the program (folder/<stem>), as cmdstanpy requires
-    info = cmdstanpy.CmdStanModel(stan_file=stan_file, exe_file=exe).src_info()
-    out = {
-        name: int(v["dimensions"])
-        for block in ("parameters", "transformed parameters", "generated quantities")
-        for name, v in info.get(block, {}).items()
-    }
-    tmp = cache.with_suffix(f".{os.getpid()}")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, cache)
-    return out
-
-
-def _stanc_message(text: str) -> str:
-    """The useful line of a stanc failure (syntax or semantic error and its position)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        if re.search(r"(Syntax|Semantic) error", line):
-            pos = re.search(r"line (\d+), column (\d+)", line)
-            detail = next(
-                (
-                    ln
-                    for ln in lines[i + 1 :]
-                    if not re.match(r"^(\d+:|\||-+|\^)", ln) and "---" not in ln
-                ),
-                "",
-            )
-            kind = "syntax error" if "Syntax" in line else "semantic error"
-            where = f" at line {pos.group(1)}, column {pos.group(2)}" if pos else ""
-            return f"Stan {kind}{where}: {detail}".rstrip(": ")
-    return "Stan program failed to compile: " + (lines[-1] if lines else "no message")
-
-
-def _cmdstan_failure(text: str) -> str:
-    """One line out of cmdstanpy's multi-line sampling error.
-
-    A chain killed by a signal is named by its signal: its console may still hold an earlier,
-    harmless "Exception:" line (a rejected proposal) that did not end it."""
-    codes = re.search(r"retcodes=\[([-\d, ]*)\]", text)
-    # -1 is also cmdstanpy's "not run" placeholder: only other negative codes are signals
-    signals = [-int(c) for c in codes.group(1).split(",") if int(c) < -1] if codes else []
-    if signals:
-        try:
-            name = signal.Signals(signals[0]).name
-        except ValueError:
-            name = f"signal {signals[0]}"
-        return f"CmdStan was killed by {name} (return code {-signals[0]})"
-    for pattern in (r"Rejecting initial value.*", r"Error.*", r"Exception: .*"):
-        m = re.search(pattern, text)
-        if m and not m.group(0).startswith("Error during sampling"):
-            return "CmdStan: " + m.group(0).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return "CmdStan failed: " + (lines[1] if len(lines) > 1 else text.strip())
