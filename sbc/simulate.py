@@ -188,8 +188,9 @@ def _json(data: Mapping[str, Any]) -> str:
 
 def check_simulator(
     simulator: Simulator, seed: int, sims: int, where: str, tries: int = 5
-) -> dict[str, np.ndarray]:
-    """The simulator can be called, uses only its rng and returns numeric truths: its truth.
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The simulator can be called, uses only its rng and returns numeric truths: its first
+    (truth, data).
 
     A simulator may fail for a few seeds (recorded per simulation later), so the study is
     refused only if it fails on each of the first `tries` simulations.
@@ -199,7 +200,7 @@ def check_simulator(
     for i in range(min(tries, sims)):
         try:
             check_deterministic(simulator, seed + i)
-            return call_simulator(simulator, simulation_seeds(seed, i)[0])[0]
+            return call_simulator(simulator, simulation_seeds(seed, i)[0])
         except SBCError as exc:
             raise SBCError(f"{simulator.key}: {exc}", where=where) from None
         except Exception as exc:  # the user's code failed; try the next seed

@@ -277,6 +277,7 @@ def _task_factory(p: Prepared, tmp_root: str):
             derived=study.quantities.derived,
             keep_draws=study.keep_draws,
             tmp_root=tmp_root,
+            stan_quantities=study.quantities.stan,
         )
 
     return task

@@ -39,6 +39,7 @@ class Task:
     derived: dict[str, str]
     keep_draws: bool
     tmp_root: str
+    stan_quantities: tuple[str, ...] = ()  # the model's own, evaluated at the truth
 
 
 #: The scratch folder of the simulation this process runs now (the local pool's watchdog
@@ -70,6 +71,11 @@ def run_simulation(task: Task) -> SimulationResult:
         timings["fit_seconds"] = time.perf_counter() - t1
         stage = "ranks"
         t2 = time.perf_counter()
+        if task.stan_quantities:
+            stage = "[quantities] stan at the truth"
+            at_truth = task.backend.quantities_at_truth(truth, data, task.stan_quantities, workdir)
+            truth = {**truth, **at_truth}
+            stage = "ranks"
         missing = sorted(set(truth) - set(draws))
         if missing:
             raise SBCError(f"the model does not produce {', '.join(missing)}")

@@ -21,9 +21,12 @@ import re
 import shutil
 import signal
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import numpy as np
 
 from sbc.backends import BackendBase
 from sbc.errors import SBCError
@@ -61,6 +64,18 @@ class StanProgram(BackendBase):
         """The program's data block: input names with their number of dimensions."""
         return None if self._info is None else _dimensions(self._info, ("inputs",))
 
+    def parameters(self) -> dict[str, int]:
+        """The parameters block (what a point of the program is), with dimensions."""
+        return _dimensions(self._info or {}, ("parameters",))
+
+    def generated_quantities(self) -> dict[str, int]:
+        return _dimensions(self._info or {}, ("generated quantities",))
+
+    def integer_quantities(self) -> set[str]:
+        """Generated quantities declared int (CmdStan's output has them as numbers)."""
+        block = (self._info or {}).get("generated quantities") or {}
+        return {name for name, v in block.items() if v.get("type") == "int"}
+
     def identity(self) -> dict[str, str]:
         return {"stan_source": hashlib.sha256(Path(self.stan_file).read_bytes()).hexdigest()}
 
@@ -94,6 +109,86 @@ class StanProgram(BackendBase):
     def model(self) -> Any:
         """cmdstanpy's model of the compiled program, one per worker process (no compile)."""
         return cmdstanpy_model(str(self.exe_file), str(self.cmdstan))
+
+    # -- the program at given parameter values (at_truth.py) --------------------------------
+    #: Whether `draws` holds ``lp__`` (NUTS: the log density of each draw), so that it can be
+    #: ranked: ``[quantities] stan = ["lp__"]``.
+    lp_in_draws: ClassVar[bool] = False
+
+    def point(self, truth: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """The truth's values of every parameter: a point where the program can be evaluated."""
+        params = self.parameters()
+        missing = sorted(set(params) - set(truth))
+        if missing:
+            raise SBCError(
+                f"{what} needs the truth of every parameter of {Path(self.stan_file).name}; "
+                f"the simulator's truth lacks {', '.join(missing)}"
+            )
+        return {k: truth[k] for k in params}
+
+    def evaluate(self, what: str, *args: Any) -> Any:
+        """`at_truth.<what>(model, *args)`, a failed CmdStan run as one SBCError line."""
+        from sbc.backends.cmdstan import at_truth
+
+        try:
+            return getattr(at_truth, what)(self.model(), *args)
+        except RuntimeError as exc:
+            raise SBCError(cmdstan_failure(str(exc))) from None
+
+    def quantities_at_truth(
+        self, truth: Mapping[str, Any], data: Mapping[str, Any], names: Sequence[str],
+        workdir: Path,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """Generated quantities (and ``lp__``) at the truth: ``[quantities] stan``."""
+        from sbc.backends.cmdstan.at_truth import write_json
+
+        known = self.generated_quantities()
+        for name in names:
+            if name == "lp__" and not self.lp_in_draws:
+                raise SBCError(f"lp__ is not ranked with the {self.name} backend: its draws have "
+                               "no log density")  # fmt: skip
+            if name != "lp__" and name not in known:
+                raise SBCError(
+                    f"{name!r} is not a generated quantity of {Path(self.stan_file).name} "
+                    f"(its generated quantities: {', '.join(sorted(known)) or 'none'}; or lp__)"
+                )
+        inits = self.point(truth, "[quantities] stan")
+        data_file = write_json(workdir / "truth_data.json", data)
+        out: dict[str, np.ndarray] = {}
+        if any(n != "lp__" for n in names):
+            values = self.evaluate("outputs_at", inits, data_file, workdir)
+            out.update({n: np.asarray(values[n], dtype=float) for n in names if n != "lp__"})
+        if "lp__" in names:
+            out["lp__"] = np.asarray(self.evaluate("density_at", inits, data_file, workdir).lp)
+        return out
+
+    def check_truth(self, truth: Mapping[str, Any], data: Mapping[str, Any], where: str) -> None:
+        """The program reads the data and takes the truth, and every truth has the shape of
+        the program's variable (sizes too, which `stanc --info` cannot say): one fixed_param
+        draw started at the truth's parameters (any others start at random)."""
+        import tempfile
+
+        from sbc.backends.cmdstan.at_truth import write_json
+
+        params = self.parameters()
+        inits = {k: v for k, v in truth.items() if k in params}
+        with tempfile.TemporaryDirectory(prefix="sbc-check-") as tmp:
+            data_file = write_json(Path(tmp) / "data.json", data)
+            try:
+                values = self.evaluate("outputs_at", inits, data_file, Path(tmp))
+            except SBCError as exc:
+                raise SBCError(
+                    f"{Path(self.stan_file).name} fails on the simulator's first dataset and "
+                    f"truth: {exc}",
+                    where=where,
+                ) from None
+        for name, value in truth.items():
+            if name in values and np.shape(values[name]) != np.shape(value):
+                raise SBCError(
+                    f"truth {name!r} has shape {np.shape(value)} but the model's {name} has "
+                    f"shape {np.shape(values[name])} (on the simulator's first dataset)",
+                    where=where,
+                )
 
 
 def compile_program(stan_file: Path, progress: bool) -> tuple[Path, Path, dict[str, Any]]:
