@@ -38,6 +38,14 @@ class Quantities:
     derived: dict[str, str] = field(default_factory=dict)  # name -> "module:function"
     pool: tuple[str, ...] = ()  # variables pooled over their first index (group effects)
     trace: tuple[str, ...] = ()  # variables `sbc recover` plots; default: include's, else all
+    stan: tuple[str, ...] = ()  # the model's generated quantities (or lp__), ranked at the truth
+
+
+@dataclass(frozen=True)
+class Precheck:
+    """``[precheck]``: what `sbc precheck` needs beyond the study (never part of its identity)."""
+
+    parameters: str | None = None  # f(truth, data) -> the program's parameters the truth lacks
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class Study:
     thin: int = 10  # every thin-th draw is kept for the ranks (generic: not a backend option)
     quantities: Quantities = Quantities()
     parallel: Parallel = Parallel()
+    precheck: Precheck = Precheck()
     out: Path | None = None
     keep_draws: bool = False
     description: str = ""
@@ -86,6 +95,12 @@ class Study:
         reads (`pool`, `trace`) is not part of it.
         """
         sampler = self.backend.sampler
+        quantities: dict[str, Any] = {
+            "include": list(self.quantities.include),
+            "derived": self.quantities.derived,
+        }
+        if self.quantities.stan:  # only when used: older identities stay as they were
+            quantities["stan"] = list(self.quantities.stan)
         return {
             "seed": self.seed,
             "simulator": self.simulator.describe(),
@@ -94,10 +109,7 @@ class Study:
                 "thin": self.thin,
             },
             "backend": {"type": self.backend.type, "options": dict(self.backend.table)},
-            "quantities": {
-                "include": list(self.quantities.include),
-                "derived": self.quantities.derived,
-            },
+            "quantities": quantities,
             "keep_draws": self.keep_draws,
         }
 
@@ -166,12 +178,13 @@ def available_cores() -> int:
 
 _TOP = {
     "name", "description", "stan", "sims", "seed", "keep_draws", "out",
-    "simulator", "sampler", "backend", "quantities", "parallel",
+    "simulator", "sampler", "backend", "quantities", "parallel", "precheck",
 }  # fmt: skip
 _SECTIONS: dict[str, set[str]] = {
-    "simulator": {"function", "args"},
-    "quantities": {"include", "derived", "pool", "trace"},
+    "simulator": {"function", "stan", "args", "truth", "data"},
+    "quantities": {"include", "derived", "pool", "trace", "stan"},
     "parallel": {"workers", "scheduler"},
+    "precheck": {"parameters"},
 }
 
 
@@ -207,14 +220,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     elif needs_stan:
         raise SBCError("stan: missing (the Stan program to calibrate)", where=where)
 
-    sim_raw = check_table(raw.get("simulator"), "simulator", where, required=True)
-    no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
-    if "function" not in sim_raw:
-        raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
-    simulator = PythonSimulator(
-        function=_callable_spec(sim_raw["function"], "[simulator] function", where, base),
-        args=check_table(sim_raw.get("args", {}), "[simulator] args", where),
-    )
+    simulator = _simulator(raw.get("simulator"), where, base)
 
     backend, thin = _sampler(raw.get("sampler", {}), backend, where)
     q_raw = check_table(raw.get("quantities", {}), "quantities", where)
@@ -228,6 +234,14 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         derived=derived,
         pool=_variables(q_raw.get("pool", []), "[quantities] pool", where),
         trace=_variables(q_raw.get("trace", []), "[quantities] trace", where),
+        stan=_stan_quantities(q_raw.get("stan", []), where),
+    )
+    c_raw = check_table(raw.get("precheck", {}), "precheck", where)
+    no_unknown(c_raw, _SECTIONS["precheck"], "precheck", where)
+    precheck = Precheck(
+        parameters=_callable_spec(c_raw["parameters"], "[precheck] parameters", where, base)
+        if "parameters" in c_raw
+        else None
     )
     p_raw = check_table(raw.get("parallel", {}), "parallel", where)
     no_unknown(p_raw, _SECTIONS["parallel"], "parallel", where)
@@ -247,10 +261,90 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         thin=thin,
         quantities=quantities,
         parallel=parallel,
+        precheck=precheck,
         out=(base / check_str(out, "out", where)) if out is not None else None,
         keep_draws=check_bool(raw.get("keep_draws", False), "keep_draws", where),
         description=check_str(raw.get("description", ""), "description", where),
     )
+
+
+def _simulator(raw: Any, where: str, base: Path) -> Simulator:
+    """``[simulator]``: a Python function (``function``) or a Stan program (``stan``)."""
+    table = check_table(raw, "simulator", where, required=True)
+    no_unknown(table, _SECTIONS["simulator"], "simulator", where)
+    if ("function" in table) == ("stan" in table):
+        raise SBCError(
+            "[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate'; or a Stan "
+            "program: stan = 'simulator.stan')"
+            if "function" not in table
+            else "[simulator]: give function or stan, not both",
+            where,
+        )
+    if "function" in table:
+        for key in ("truth", "data"):
+            if key in table:
+                raise SBCError(f"[simulator] {key}: only for a simulator in Stan (stan = ...)",
+                               where)  # fmt: skip
+        return PythonSimulator(
+            function=_callable_spec(table["function"], "[simulator] function", where, base),
+            args=check_table(table.get("args", {}), "[simulator] args", where),
+        )
+    from sbc.backends.cmdstan.simulator import StanSimulator
+
+    stan = _existing_file(base / check_str(table["stan"], "[simulator] stan", where),
+                          "[simulator] stan", where, ".stan")  # fmt: skip
+    if "truth" not in table:
+        raise SBCError("[simulator] truth: missing (the simulator's outputs that are the "
+                       "truth, e.g. ['beta', 'sigma'])", where)  # fmt: skip
+    truth = _mapping(table["truth"], "[simulator] truth", where, lists=True)
+    data = _mapping(table.get("data", {}), "[simulator] data", where, lists=False)
+    args = _stan_args(table.get("args", {}), where, base)
+    both = sorted(set(data) & set(args))
+    if both:
+        raise SBCError(f"[simulator] data: {both[0]!r} is also in [simulator] args", where)
+    return StanSimulator(stan_file=stan, truth=truth, data=data, args=args)
+
+
+def _mapping(value: Any, key: str, where: str, lists: bool) -> dict[str, str]:
+    """``{model name: simulator output}`` from a table (or, for `lists`, a list of names)."""
+    if lists and isinstance(value, list):
+        value = {name: name for name in check_names(value, key, where)}
+    if not isinstance(value, dict) or (lists and not value):
+        form = "a list of names or a table" if lists else "a table"
+        raise SBCError(f"{key}: expected {form} of Stan variable names", where)
+    for target, source in value.items():
+        if not (isinstance(source, str) and source.isidentifier() and target.isidentifier()):
+            raise SBCError(f"{key}: expected Stan variable names, got {target} = {source!r}",
+                           where)  # fmt: skip
+    return dict(value)
+
+
+def _stan_args(value: Any, where: str, base: Path) -> dict[str, Any]:
+    """``[simulator] args`` of a Stan simulator: a table, or a JSON data file (CmdStan's)."""
+    if not isinstance(value, str):
+        return check_table(value, "[simulator] args", where)
+    path = base / value
+    if path.suffix != ".json":
+        raise SBCError(f"[simulator] args: expected a table or a .json data file, got {value!r}",
+                       where)  # fmt: skip
+    if not path.is_file():
+        raise SBCError(f"[simulator] args: file not found: {path}", where)
+    try:
+        args = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SBCError(f"[simulator] args: cannot read {path}: {exc}", where) from None
+    if not isinstance(args, dict):
+        raise SBCError(f"[simulator] args: {path} does not hold a JSON object", where)
+    return args
+
+
+def _stan_quantities(value: Any, where: str) -> tuple[str, ...]:
+    names = check_names(value, "[quantities] stan", where)
+    for name in names:
+        if not (name.isidentifier() and (name == "lp__" or not name.endswith("__"))):
+            raise SBCError(f"[quantities] stan: expected generated quantities (or lp__), "
+                           f"got {name!r}", where)  # fmt: skip
+    return names
 
 
 def _backend(raw: Any, where: str) -> tuple[BackendSpec, bool]:
