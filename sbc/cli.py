@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, help="override the study's seed")
     p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
     p.add_argument("--workers", type=_positive_int, help="CmdStan processes at a time")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
 
     p = sub.add_parser("plan", help="simulations an SBC question needs: fixed-size vs sequential")
     _add_plan_arguments(p)
@@ -267,9 +268,8 @@ def _run(args: argparse.Namespace) -> int:
 def _precheck(args: argparse.Namespace) -> int:
     from sbc.precheck import precheck
 
-    result = precheck(
-        args.study, sims=args.sims, seed=args.seed, alpha=args.alpha, workers=args.workers
-    )
+    result = precheck(args.study, sims=args.sims, seed=args.seed, alpha=args.alpha,
+                      workers=args.workers, progress=not args.quiet)  # fmt: skip
     table = result.table.copy()
     table["consistent"] = table["consistent"].map({True: "", False: "FAILS"})
     print(_table(table.rename(columns={"consistent": ""})))

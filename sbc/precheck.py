@@ -77,6 +77,7 @@ def precheck(
     seed: int | None = None,
     alpha: float = 0.01,
     workers: int | None = None,
+    progress: bool = True,
 ) -> Precheck:
     """Simulate `sims` truths, take the program's gradients there, test the identities."""
     t0 = time.perf_counter()
@@ -84,9 +85,10 @@ def precheck(
         study = load_study(study)
     study = study.with_overrides(seed=seed)
     where = str(study.path or study.name)
-    if sims < 10:
-        raise SBCError(f"--sims: the precheck needs at least 10 simulations, got {sims}")
-    program = _program(study, where)
+    if sims < 20:
+        raise SBCError(f"--sims: the precheck needs at least 20 simulations, got {sims}",
+                       where="command line")  # fmt: skip
+    program = _program(study, where, progress)
     complete = _completion(study, where)
     draws = _simulations(study, sims, where)
     points = []
@@ -121,7 +123,7 @@ def precheck(
     return Precheck(check, rejected, len(points), time.perf_counter() - t0)
 
 
-def _program(study: Study, where: str) -> Any:
+def _program(study: Study, where: str, progress: bool) -> Any:
     """The study's Stan program, prepared (a CmdStan backend's `StanProgram`)."""
     from sbc.backends.cmdstan.program import StanProgram
 
@@ -131,9 +133,9 @@ def _program(study: Study, where: str) -> Any:
             f"sbc precheck needs a Stan program; the {study.backend.type!r} backend has none",
             where,
         )
-    study.simulator.prepare(where, progress=True)
+    study.simulator.prepare(where, progress=progress)
     truth, data = check_simulator(study.simulator, study.seed, study.sims, where)
-    backend.prepare(progress=True)
+    backend.prepare(progress=progress)
     produced = backend.variables()
     if produced is not None:
         check_truth_against_model(truth, produced, f"the model {Path(study.stan).name}", where)

@@ -91,11 +91,12 @@ def score_check(
     if n < 2 * folds:
         raise ValueError(f"{n} draws are too few for {folds}-fold cross-fitting")
     fold = np.arange(n) % folds
+    features = scale_features(u)
     rows, p = [], np.empty((d, len(IDENTITIES)))
     for i in range(d):
-        others = np.delete(u, i, axis=1)
+        others = np.delete(np.arange(d), i)
         tests = [
-            identity_test(x, others, fold, max_features)
+            identity_test(x, u[:, others], fold, features[:, others], max_features)
             for x in identity_summands(u[:, i], grad[:, i], fold)
         ]
         rows.append([names[i], *(v for t in tests for v in (t.estimate, t.se, t.z))])
@@ -124,17 +125,24 @@ def identity_summands(
 
 
 def identity_test(
-    x: np.ndarray, others: np.ndarray, fold: np.ndarray, max_features: int = 20
+    x: np.ndarray,
+    others: np.ndarray,
+    fold: np.ndarray,
+    features: np.ndarray | None = None,
+    max_features: int = 20,
 ) -> IdentityTest:
     """Is E[x] = 0, with each summand studentised by its conditional sd given `others`?
 
     The weights w = 1/sd are cross-fitted (the draws of fold k weighted by a fit to the
-    other folds), so E[w x] = 0 whenever E[x | others] = 0.
+    other folds), so E[w x] = 0 whenever E[x | others] = 0. `features`: the scale features
+    of `others` (`scale_features`), if already computed.
     """
     x = np.asarray(x, dtype=float)
     if not np.any(x):
         return IdentityTest(0.0, 0.0, np.nan, np.nan)
-    w = 1.0 / np.sqrt(conditional_variance(x**2, others, fold, max_features))
+    if features is None:
+        features = scale_features(others)
+    w = 1.0 / np.sqrt(conditional_variance(x**2, others, features, fold, max_features))
     y = w * x
     n = len(x)
     estimate = float(np.sum(y) / np.sum(w))
@@ -146,22 +154,25 @@ def identity_test(
 
 
 def conditional_variance(
-    x2: np.ndarray, others: np.ndarray, fold: np.ndarray, max_features: int = 20
+    x2: np.ndarray,
+    others: np.ndarray,
+    features: np.ndarray,
+    fold: np.ndarray,
+    max_features: int = 20,
 ) -> np.ndarray:
     """E[x² | others], cross-fitted: a non-negative combination of 1, e^{∓2 u_k}.
 
     Fitted by NNLS, then twice more with each row divided by its fitted variance (the
     noise of x² is proportional to it), on the other folds' draws; at most `max_features`
-    coordinates u_k, those whose rank correlation with log x² is largest there.
+    coordinates u_k, those whose rank correlation with x² is largest there.
     """
     out = np.empty_like(x2)
-    features = _scale_features(others)
     floor = 1e-12 * max(float(np.mean(x2)), 1e-300)
+    n = len(x2)
     for k in np.unique(fold):
         train, test = fold != k, fold == k
         keep = _screen(others[train], x2[train], max_features)
-        columns = np.concatenate([[0], 1 + keep, 1 + others.shape[1] + keep])
-        A = features[:, columns]
+        A = np.column_stack([np.ones(n), features[:, keep, 0], features[:, keep, 1]])
         coef = _nnls(A[train], x2[train], np.ones(int(train.sum())))
         for _ in range(2):
             coef = _nnls(A[train], x2[train], 1.0 / np.maximum(A[train] @ coef, floor))
@@ -169,10 +180,11 @@ def conditional_variance(
     return np.maximum(out, floor)
 
 
-def _scale_features(others: np.ndarray) -> np.ndarray:
-    """[1, e^{-2 (u_k - m_k)}, e^{2 (u_k - m_k)}] with m_k the median (clipped: no overflow)."""
-    centred = np.clip(others - np.median(others, axis=0), -30.0, 30.0)
-    return np.column_stack([np.ones(len(others)), np.exp(-2 * centred), np.exp(2 * centred)])
+def scale_features(u: np.ndarray) -> np.ndarray:
+    """(n, d, 2): e^{-2 (u_k - m_k)} and e^{2 (u_k - m_k)}, m_k the median (clipped: no
+    overflow): the terms a conditional variance is made of when u_k is a log-scale."""
+    centred = np.clip(u - np.median(u, axis=0), -30.0, 30.0)
+    return np.stack([np.exp(-2 * centred), np.exp(2 * centred)], axis=-1)
 
 
 def _screen(others: np.ndarray, x2: np.ndarray, max_features: int) -> np.ndarray:

@@ -74,10 +74,6 @@ def stan_quantities(
     """The scalar names of ``[quantities] stan``, evaluated once at the first truth to check
     that the model can (and to learn their sizes)."""
     names = study.quantities.stan
-    taken = [n for n in names if n in truth or n in study.quantities.derived]
-    if taken:
-        raise SBCError(f"[quantities] stan: {taken[0]!r} is already the name of the simulator's "
-                       "truth or of a derived quantity", where=where)  # fmt: skip
     if not names:
         return []
     with tempfile.TemporaryDirectory(prefix="sbc-quantities-") as tmp:
@@ -85,4 +81,8 @@ def stan_quantities(
             values = backend.quantities_at_truth(truth, data, names, Path(tmp))
         except SBCError as exc:
             raise SBCError(f"[quantities] stan: {exc}", where=where) from None
+    taken = [n for n in names if n in truth or n in study.quantities.derived]
+    if taken:
+        raise SBCError(f"[quantities] stan: {taken[0]!r} is already the name of the simulator's "
+                       "truth or of a derived quantity", where=where)  # fmt: skip
     return [q for name in names for q in scalar_quantities({name: values[name]})]

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sbc.backends.cmdstan.program import StanProgram, cmdstan_failure
+from sbc.backends.cmdstan.program import StanProgram, cmdstan_failure, dimensions, stanc_info
 from sbc.errors import SBCError
 
 Simulation = tuple[dict[str, Any], dict[str, Any]]
@@ -50,26 +50,31 @@ class StanSimulator:
 
         program = StanProgram(stan_file=Path(self.stan_file))
         try:
+            info = stanc_info(Path(self.stan_file))
+        except SBCError as exc:
+            raise SBCError(f"{self.key}: {exc}", where=where) from None
+        self._check(info, where)  # before a compile
+        try:
             program.prepare(progress)
         except SBCError as exc:
             raise SBCError(f"{self.key}: {exc}", where=where) from None
-        self._check(program, where)
         self.program, self.shipment = program, shipment(program)
 
-    def _check(self, program: StanProgram, where: str) -> None:
+    def _check(self, info: dict[str, Any], where: str) -> None:
         """The mapping names generated quantities of a program that can be a simulator."""
         name = Path(self.stan_file).name
-        outputs = program.generated_quantities()
+        outputs = dimensions(info, ("generated quantities",))
+        parameters = dimensions(info, ("parameters",))
         if not outputs:
             raise SBCError(
                 f"{self.key}: {name} has no generated quantities: a simulator program draws "
                 "the parameters and the data there",
                 where=where,
             )
-        if program.parameters():
+        if parameters:
             raise SBCError(
-                f"{self.key}: {name} declares parameters ({', '.join(program.parameters())}); "
-                "a simulator program draws everything in generated quantities (it runs with "
+                f"{self.key}: {name} declares parameters ({', '.join(parameters)}); a "
+                "simulator program draws everything in generated quantities (it runs with "
                 "fixed_param)",
                 where=where,
             )
@@ -81,7 +86,7 @@ class StanSimulator:
                         f"{name} (it has: {', '.join(sorted(outputs))})",
                         where=where,
                     )
-        missing = sorted(set(program.inputs() or {}) - set(self.args))
+        missing = sorted(set(dimensions(info, ("inputs",))) - set(self.args))
         if missing:
             raise SBCError(
                 f"[simulator] args: {name} needs the data {', '.join(missing)}", where=where
