@@ -44,6 +44,8 @@ class Precheck:
     rejected: list[str]  # simulations the program gives no density (support mismatch)
     sims: int
     seconds: float
+    u: np.ndarray  # (draws, coordinates): the truths on the unconstrained scale
+    grad: np.ndarray  # the gradients of the program's log density there
 
     @property
     def consistent(self) -> bool:
@@ -120,7 +122,7 @@ def precheck(
     if u.shape[1] != len(names):
         raise SBCError(f"CmdStan gave {u.shape[1]} coordinates but names {len(names)}", where)
     check = score_check(u, grad, names, alpha=alpha)
-    return Precheck(check, rejected, len(points), time.perf_counter() - t0)
+    return Precheck(check, rejected, len(points), time.perf_counter() - t0, u, grad)
 
 
 def _program(study: Study, where: str, progress: bool) -> Any:

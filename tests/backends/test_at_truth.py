@@ -19,24 +19,21 @@ from sbc.simulators import lmm
 pytestmark = pytest.mark.stan
 
 
-@pytest.fixture(scope="module")
-def centred(cmdstan) -> CmdStanBackend:
-    backend = CmdStanBackend(
-        stan_file=ROOT / "stan" / "lmm_centered.stan",
-        settings=SampleSettings(chains=1, warmup=150, draws=20),
-    )
+def _prepared(program: str, draws: int) -> CmdStanBackend:
+    settings = SampleSettings(chains=1, warmup=150, draws=draws)
+    backend = CmdStanBackend(stan_file=ROOT / "stan" / program, settings=settings)
     backend.prepare(progress=False)
     return backend
+
+
+@pytest.fixture(scope="module")
+def centred(cmdstan) -> CmdStanBackend:
+    return _prepared("lmm_centered.stan", draws=20)
 
 
 @pytest.fixture(scope="module")
 def linreg(cmdstan) -> CmdStanBackend:
-    backend = CmdStanBackend(
-        stan_file=ROOT / "stan" / "linreg.stan",
-        settings=SampleSettings(chains=1, warmup=150, draws=10),
-    )
-    backend.prepare(progress=False)
-    return backend
+    return _prepared("linreg.stan", draws=10)
 
 
 def linreg_kernel(alpha, beta, sigma, X, y):
