@@ -37,7 +37,7 @@ from sbc.study import Study, available_cores, load_study
 
 
 @dataclass(frozen=True)
-class Precheck:
+class PrecheckResult:
     """The verdict of `sbc precheck`: the identities per coordinate, and what went wrong."""
 
     check: ScoreCheck
@@ -80,7 +80,7 @@ def precheck(
     alpha: float = 0.01,
     workers: int | None = None,
     progress: bool = True,
-) -> Precheck:
+) -> PrecheckResult:
     """Simulate `sims` truths, take the program's gradients there, test the identities."""
     t0 = time.perf_counter()
     if not isinstance(study, Study):
@@ -122,7 +122,7 @@ def precheck(
     if u.shape[1] != len(names):
         raise SBCError(f"CmdStan gave {u.shape[1]} coordinates but names {len(names)}", where)
     check = score_check(u, grad, names, alpha=alpha)
-    return Precheck(check, rejected, len(points), time.perf_counter() - t0, u, grad)
+    return PrecheckResult(check, rejected, len(points), time.perf_counter() - t0, u, grad)
 
 
 def _program(study: Study, where: str, progress: bool) -> Any:

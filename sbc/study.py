@@ -42,7 +42,7 @@ class Quantities:
 
 
 @dataclass(frozen=True)
-class Precheck:
+class PrecheckSettings:
     """``[precheck]``: what `sbc precheck` needs beyond the study (never part of its identity)."""
 
     parameters: str | None = None  # f(truth, data) -> the program's parameters the truth lacks
@@ -66,7 +66,7 @@ class Study:
     thin: int = 10  # every thin-th draw is kept for the ranks (generic: not a backend option)
     quantities: Quantities = Quantities()
     parallel: Parallel = Parallel()
-    precheck: Precheck = Precheck()
+    precheck: PrecheckSettings = PrecheckSettings()
     out: Path | None = None
     keep_draws: bool = False
     description: str = ""
@@ -238,7 +238,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     )
     c_raw = check_table(raw.get("precheck", {}), "precheck", where)
     no_unknown(c_raw, _SECTIONS["precheck"], "precheck", where)
-    precheck = Precheck(
+    precheck = PrecheckSettings(
         parameters=_callable_spec(c_raw["parameters"], "[precheck] parameters", where, base)
         if "parameters" in c_raw
         else None
