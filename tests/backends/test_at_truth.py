@@ -99,7 +99,7 @@ def test_check_truth_compares_sizes_with_the_model(centred):
                                        r"beta has shape \(2,\)"):  # fmt: skip
         centred.check_truth(wrong, data, "here")
     outside = {**truth, "sigma": -1.0}  # outside the model's support
-    with pytest.raises(SBCError, match=r"lmm_centered\.stan fails at the simulator's first truth"):
+    with pytest.raises(SBCError, match=r"here: lmm_centered\.stan rejects the simulator"):
         centred.check_truth(outside, data, "here")
 
 
