@@ -91,12 +91,12 @@ def score_check(
     if n < 2 * folds:
         raise ValueError(f"{n} draws are too few for {folds}-fold cross-fitting")
     fold = np.arange(n) % folds
-    features = scale_features(u)
+    features, ranks = scale_features(u), standardised_ranks(u)
     rows, p = [], np.empty((d, len(IDENTITIES)))
     for i in range(d):
         others = np.delete(np.arange(d), i)
         tests = [
-            identity_test(x, u[:, others], fold, features[:, others], max_features)
+            identity_test(x, ranks[:, others], fold, features[:, others], max_features)
             for x in identity_summands(u[:, i], grad[:, i], fold)
         ]
         rows.append([names[i], *(v for t in tests for v in (t.estimate, t.se, t.z))])
@@ -134,14 +134,14 @@ def identity_test(
     """Is E[x] = 0, with each summand studentised by its conditional sd given `others`?
 
     The weights w = 1/sd are cross-fitted (the draws of fold k weighted by a fit to the
-    other folds), so E[w x] = 0 whenever E[x | others] = 0. `features`: the scale features
-    of `others` (`scale_features`), if already computed.
+    other folds), so E[w x] = 0 whenever E[x | others] = 0. `others` may be given as their
+    `standardised_ranks` when `features` (their `scale_features`) are given too.
     """
     x = np.asarray(x, dtype=float)
     if not np.any(x):
         return IdentityTest(0.0, 0.0, np.nan, np.nan)
     if features is None:
-        features = scale_features(others)
+        features, others = scale_features(others), standardised_ranks(others)
     w = 1.0 / np.sqrt(conditional_variance(x**2, others, features, fold, max_features))
     y = w * x
     n = len(x)
@@ -155,7 +155,7 @@ def identity_test(
 
 def conditional_variance(
     x2: np.ndarray,
-    others: np.ndarray,
+    ranks: np.ndarray,
     features: np.ndarray,
     fold: np.ndarray,
     max_features: int = 20,
@@ -164,14 +164,15 @@ def conditional_variance(
 
     Fitted by NNLS, then twice more with each row divided by its fitted variance (the
     noise of x² is proportional to it), on the other folds' draws; at most `max_features`
-    coordinates u_k, those whose rank correlation with x² is largest there.
+    coordinates u_k, those whose rank correlation with x² is largest there (`ranks`: the
+    others' `standardised_ranks`; `features`: their `scale_features`).
     """
     out = np.empty_like(x2)
     floor = 1e-12 * max(float(np.mean(x2)), 1e-300)
     n = len(x2)
     for k in np.unique(fold):
         train, test = fold != k, fold == k
-        keep = _screen(others[train], x2[train], max_features)
+        keep = _screen(ranks[train], x2[train], max_features)
         A = np.column_stack([np.ones(n), features[:, keep, 0], features[:, keep, 1]])
         coef = _nnls(A[train], x2[train], np.ones(int(train.sum())))
         for _ in range(2):
@@ -187,16 +188,21 @@ def scale_features(u: np.ndarray) -> np.ndarray:
     return np.stack([np.exp(-2 * centred), np.exp(2 * centred)], axis=-1)
 
 
-def _screen(others: np.ndarray, x2: np.ndarray, max_features: int) -> np.ndarray:
-    """Indices of the coordinates most related to the size of x (by |Spearman ρ| with x²)."""
-    varying = np.flatnonzero(np.ptp(others, axis=0) > 0)
+def standardised_ranks(u: np.ndarray) -> np.ndarray:
+    """Each column's ranks, centred and scaled (0 for a constant column): for screening."""
+    r = stats.rankdata(u, axis=0)
+    sd = r.std(axis=0)
+    return np.where(sd > 0, (r - r.mean(axis=0)) / np.where(sd > 0, sd, 1.0), 0.0)
+
+
+def _screen(ranks: np.ndarray, x2: np.ndarray, max_features: int) -> np.ndarray:
+    """Indices of the coordinates most related to the size of x (|rank correlation| with x²)."""
+    varying = np.flatnonzero(np.any(ranks != 0, axis=0))
     if len(varying) <= max_features:
         return varying
-    ranks = stats.rankdata(others[:, varying], axis=0)
     r = stats.rankdata(x2)
     r = (r - r.mean()) / (r.std() or 1.0)
-    ranks = (ranks - ranks.mean(axis=0)) / (ranks.std(axis=0) + 1e-300)
-    rho = np.abs(ranks.T @ r) / len(r)
+    rho = np.abs(ranks[:, varying].T @ r)
     return np.sort(varying[np.argsort(-rho, kind="stable")[:max_features]])
 
 

@@ -16,6 +16,7 @@ from sbc.analysis.score import (
     identity_test,
     scale_features,
     score_check,
+    standardised_ranks,
 )
 from sbc.simulators.hierarchical import unknown_scales_scores
 
@@ -107,7 +108,7 @@ def test_conditional_variance_recovers_a_sum_of_scale_terms():
     v = 3 * np.exp(-2 * others[:, 0]) + 0.5  # a scale term and a constant
     x = np.sqrt(v) * rng.standard_normal(n)
     fold = np.arange(n) % 5
-    fitted = conditional_variance(x**2, others, scale_features(others), fold)
+    fitted = conditional_variance(x**2, standardised_ranks(others), scale_features(others), fold)
     assert np.median(np.abs(np.log(fitted / v))) < 0.15
 
 
