@@ -3,6 +3,8 @@ identity (unchanged since sbc 0.1, so its results resume) and `[quantities] pool
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -28,10 +30,59 @@ SBC_0_1_HASHES = {
     "lmm_sbc_noncentered.toml": "00088ecfb2e7ea40",
 }
 
+#: The identity of every study file in the repository before issue 14 (main at c4dcce7),
+#: hashed with the checkout's path replaced by "<root>" so that studies whose simulator is a
+#: file (linreg_sbc, most bad-input cases) are pinned too: results stored by any of them
+#: must keep resuming, whatever spelling their settings move to.
+IDENTITIES_BEFORE_ISSUE_14 = {
+    "studies/exact_hierarchical.toml": "9c8b5e322d7b9e9d",
+    "studies/exact_normal.toml": "d0d1df512e2c7bb2",
+    "studies/exact_normal_narrow.toml": "937a0ee459028cf5",
+    "studies/linreg_sbc.toml": "820144b6df734e1f",
+    "studies/lmm_recovery.toml": "97503eb00aa47749",
+    "studies/lmm_sbc.toml": "00088ecfb2e7ea40",
+    "studies/lmm_sbc_broken_tau.toml": "00088ecfb2e7ea40",
+    "studies/lmm_sbc_noncentered.toml": "00088ecfb2e7ea40",
+    "tests/bad_inputs/compare_seed1.toml": "b60e508fc06275a0",
+    "tests/bad_inputs/compare_seed2.toml": "a656afa354b46c28",
+    "tests/bad_inputs/derived_not_importable.toml": "540bbf18e53a3dd9",
+    "tests/bad_inputs/include_absent.toml": "734c8622da5aa1d0",
+    "tests/bad_inputs/simulator_data_not_dict.toml": "f8178eb21f328fab",
+    "tests/bad_inputs/simulator_function_missing.toml": "bc3f5c150262ebd8",
+    "tests/bad_inputs/simulator_global_numpy_random.toml": "5eac7afa3abc0e81",
+    "tests/bad_inputs/simulator_module_missing.toml": "e235c05e3e816495",
+    "tests/bad_inputs/simulator_not_callable.toml": "5fa23af7c4b1bac0",
+    "tests/bad_inputs/simulator_raises.toml": "ef30bb3694fa57b5",
+    "tests/bad_inputs/simulator_raises_at_import.toml": "67ddea7c76354470",
+    "tests/bad_inputs/simulator_random_module.toml": "1a731226f3ac80e8",
+    "tests/bad_inputs/simulator_returns_list.toml": "b1d6d51a97017ae2",
+    "tests/bad_inputs/simulator_returns_three.toml": "7230387cc60b6c9e",
+    "tests/bad_inputs/simulator_syntax_error.toml": "dc0d8f38214870d6",
+    "tests/bad_inputs/simulator_truth_bad_name.toml": "5967db2fd60e5560",
+    "tests/bad_inputs/simulator_truth_empty.toml": "b42b642e92e6a4ff",
+    "tests/bad_inputs/simulator_truth_nan.toml": "950fdd03a2aa6306",
+    "tests/bad_inputs/simulator_truth_not_numeric.toml": "ba9db32fd2fbdbfa",
+    "tests/bad_inputs/simulator_unknown_arg.toml": "a8aa0ea3af079798",
+    "tests/bad_inputs/simulator_wrong_signature.toml": "e6e3a163ecfa23ad",
+    "tests/bad_inputs/stan_semantic_error.toml": "2c0b45c24d862f93",
+    "tests/bad_inputs/stan_syntax_error.toml": "2c0b45c24d862f93",
+    "tests/bad_inputs/truth_not_in_model.toml": "ab0aa208bb55fa52",
+    "tests/bad_inputs/truth_wrong_dimensions.toml": "b036e4bf04347b51",
+    "tests/bad_inputs/valid_exact.toml": "2d70b542d12fd5dd",
+    "tests/data/legacy_exact.toml": "4307773edf0d1dbd",
+}
+
 
 @pytest.mark.parametrize("name", sorted(SBC_0_1_HASHES))
 def test_identity_of_the_shipped_studies_is_what_sbc_0_1_wrote(name):
     assert load_study(STUDIES / name).identity_hash() == SBC_0_1_HASHES[name]
+
+
+@pytest.mark.parametrize("path", sorted(IDENTITIES_BEFORE_ISSUE_14))
+def test_identity_of_every_study_file_in_the_repository_is_pinned(path):
+    identity = load_study(ROOT / path).identity()
+    blob = json.dumps(identity, sort_keys=True, default=str).replace(str(ROOT), "<root>")
+    assert hashlib.sha256(blob.encode()).hexdigest()[:16] == IDENTITIES_BEFORE_ISSUE_14[path]
 
 
 def test_the_sampler_table_is_the_cmdstan_backends_own(tmp_path):
