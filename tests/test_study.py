@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, STUDIES, exact_study
 
 import sbc
-from sbc.backends.cmdstan.sample import SampleSettings
+from sbc.backends.cmdstan.sample import NutsSettings, SampleSettings
 from sbc.backends.exact import ExactOptions
 from sbc.errors import SBCError
 from sbc.execution.prepare import make_backend, prepare
@@ -85,13 +85,13 @@ def test_identity_of_every_study_file_in_the_repository_is_pinned(path):
     assert hashlib.sha256(blob.encode()).hexdigest()[:16] == IDENTITIES_BEFORE_ISSUE_14[path]
 
 
-def test_the_sampler_table_is_the_cmdstan_backends_own(tmp_path):
-    study = load_study(STUDIES / "lmm_sbc.toml")
+def test_the_sampler_table_is_sbc_0_1s_spelling_of_the_nuts_settings(tmp_path):
+    study = load_study(STUDIES / "lmm_sbc_noncentered.toml")  # still written with [sampler]
     assert study.backend.type == "cmdstan"
-    assert study.backend.sampler == SampleSettings(chains=2, warmup=250, draws=500,
-                                                   adapt_delta=0.9)  # fmt: skip
-    assert study.thin == 10  # generic: thinning for the ranks, not a NUTS setting
-    assert study.stan == (ROOT / "stan" / "lmm_centered.stan").resolve()
+    assert study.backend.options == NutsSettings(chains=2, iter_warmup=250, iter_sampling=500,
+                                                 adapt_delta=0.9)  # fmt: skip
+    assert study.thin_ranks == study.thin == 10  # generic: thinning for the ranks
+    assert study.stan == (ROOT / "stan" / "lmm_noncentered.stan").resolve()
 
 
 def test_exact_backends_read_chains_and_draws_from_the_sampler_table(tmp_path):

@@ -35,6 +35,7 @@ def run(
     workers: int | None = None,
     scheduler: str | None = None,
     out: str | Path | None = None,
+    backend: str | None = None,
     retry_failed: bool = False,
     new: bool = False,
     progress: bool = True,
@@ -48,11 +49,12 @@ def run(
     every `look_every` simulations (in simulation-index order) and the study stops at the
     first quantity rejected at family-wise level `alpha`; the decision is recorded in the
     manifest as "stopped_early" (null when the run did not stop) and the store stays
-    resumable."""
+    resumable. `backend` runs another inference method on the same datasets (its settings
+    from the file's ``[backend.<name>]``, its results in ``results/<name>-<backend>``)."""
     if not isinstance(study, Study):
         study = load_study(study)
     study = study.with_overrides(
-        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out
+        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out, backend=backend
     )
     p = prepare(study, progress=progress)
     folder = study.results_dir
@@ -272,7 +274,7 @@ def _task_factory(p: Prepared, tmp_root: str):
             master_seed=study.seed,
             simulator=study.simulator,
             backend=p.backend,
-            thin=study.thin,
+            thin=study.thin_ranks,
             quantities=tuple(p.quantities),
             derived=study.quantities.derived,
             keep_draws=study.keep_draws,
