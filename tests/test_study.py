@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, STUDIES, exact_study
 
 import sbc
-from sbc.backends.cmdstan.sample import NutsSettings, SampleSettings
+from sbc.backends.cmdstan.sample import NutsSettings
 from sbc.backends.exact import ExactOptions
 from sbc.errors import SBCError
 from sbc.execution.prepare import make_backend, prepare
