@@ -161,7 +161,7 @@ class Study:
         where = "command line"
         changes: dict[str, Any] = {}
         if backend is not None and backend != self.backend.type:
-            changes.update(self._switched(backend))
+            changes.update(self._switched(backend, rename=out is None and self.out is None))
         if sims is not None:
             changes["sims"] = check_int(sims, "--sims", where, minimum=1)
         if seed is not None:
@@ -181,7 +181,7 @@ class Study:
             changes["stan"] = _existing_file(Path(stan), "--stan", where, suffix=".stan")
         return dataclasses.replace(self, **changes)
 
-    def _switched(self, backend: str) -> dict[str, Any]:
+    def _switched(self, backend: str, rename: bool) -> dict[str, Any]:
         """What changes when `backend` is run instead of the file's own method."""
         if backend not in known_backends():
             raise SBCError(
@@ -193,7 +193,7 @@ class Study:
         if needs_stan and self.stan is None:
             raise SBCError(f"stan: missing (backend {backend} fits a Stan program)", where=where)
         changes: dict[str, Any] = {"backend": spec, "thin_ranks": thin}
-        if self.out is None:
+        if rename:
             changes["name"] = f"{self.name}-{backend}"
         return changes
 

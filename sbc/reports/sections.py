@@ -31,6 +31,8 @@ SPLITS = (
     ("divergences", ("divergences",)),
     ("ESS per kept draw", ("ess_bulk_min", "ess_tail_min")),
     ("R-hat", ("rhat_max",)),
+    ("ELBO convergence", ("not_converged", "elbo_below_best")),
+    ("Pareto k̂", ("pareto_k",)),
 )
 
 
@@ -131,7 +133,8 @@ def manifest_section(results: Results) -> str:
         ("Stan program", _stan_line(study, ident)),
         ("Simulator", f"{h.code(sim.get('function'))} with {h.code(_json(sim.get('args', {})))}"),
         ("Quantities", _quantities_line(m, study)),
-        ("Sampler", h.e(_pairs(study.get("sampler") or {}))),
+        ("Method", h.e(results.method)),
+        ("Settings", h.e(_settings_line(m.get("backend") or {}, study))),
         ("Backend", h.e(_backend_line(m.get("backend") or {}))),
         ("Simulations", h.e(f"{len(results.simulations)} stored of {m.get('sims', '?')}")),
         ("Seed", h.e(str(study.get("seed", "?")))),
@@ -171,11 +174,19 @@ def _quantities_line(m: dict[str, Any], study: dict[str, Any]) -> str:
     return h.e(text)
 
 
+def _settings_line(backend: dict[str, Any], study: dict[str, Any]) -> str:
+    """The method's settings as run (every one, defaults too), and thinning for the ranks."""
+    sampler = dict(study.get("sampler") or {})
+    thin = sampler.pop("thin", None)
+    settings = backend.get("settings") or sampler  # results before settings were recorded
+    text = _pairs(settings)
+    return text + (f"; thin_ranks = {thin}" if thin is not None else "")
+
+
 def _backend_line(backend: dict[str, Any]) -> str:
-    rest = {k: v for k, v in backend.items() if k not in ("type", "cmdstan_version")}
+    skip = ("type", "cmdstan_version", "method", "settings")
+    rest = {k: v for k, v in backend.items() if k not in skip}
     text = str(backend.get("type", "?"))
-    if backend.get("cmdstan_version"):
-        text += f", CmdStan {backend['cmdstan_version']}"
     return text + (f" ({_pairs(rest)})" if rest else "")
 
 

@@ -82,6 +82,16 @@ class NutsSettings:
             raise SBCError(f"[{section}] step_size: must be > 0, got {self.step_size}", where)
         if self.sig_figs is not None and self.sig_figs > 18:
             raise SBCError(f"[{section}] sig_figs: must be 1 to 18, got {self.sig_figs}", where)
+        if self.adapt_engaged and self.iter_warmup == 0:
+            raise SBCError(
+                f"[{section}] iter_warmup: 0 needs adapt_engaged = false (NUTS adapts during "
+                "warm-up)",
+                where,
+            )
+        windows = ("adapt_init_phase", "adapt_metric_window", "adapt_step_size")
+        for name in windows if not self.adapt_engaged else ():
+            if getattr(self, name) is not None:
+                raise SBCError(f"[{section}] {name}: needs adapt_engaged = true", where)
 
     def draws_per_chain(self) -> tuple[int, str]:
         """Draws a chain yields for the ranks, and how to name them in a message."""
@@ -147,6 +157,7 @@ class CmdStanBackend(StanProgram):
         s = self.settings
         data_file = self.write_data(data, workdir)
         given = {
+            "adapt_delta": s.adapt_delta if s.adapt_engaged else None,  # cmdstanpy refuses both
             "thin": s.thin,
             "step_size": s.step_size,
             "metric": s.metric,
@@ -164,7 +175,6 @@ class CmdStanBackend(StanProgram):
             "seed": seed,
             "iter_warmup": s.iter_warmup,
             "iter_sampling": s.iter_sampling,
-            "adapt_delta": s.adapt_delta,
             "max_treedepth": s.max_treedepth,
             "adapt_engaged": s.adapt_engaged,
             **{k: v for k, v in given.items() if v is not None},
