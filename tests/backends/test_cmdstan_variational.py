@@ -122,7 +122,7 @@ def _data(seed: int = 0, K: int = 3, N: int = 10):
 def test_draws_are_the_approximations_and_its_log_densities_are_what_k_hat_needs(
     cmdstan, tmp_path
 ):
-    truth, data = _data()
+    _, data = _data()
     backend = _backend(algorithm="meanfield", tol_rel_obj=0.001, grad_samples=10,
                        elbo_samples=1000, output_samples=2000)  # fmt: skip
     fit = backend.fit(data, 7, tmp_path)
