@@ -120,8 +120,7 @@ def test_cmdstan_runs_with_them(cmdstan, tmp_path):
 @pytest.mark.stan
 def test_an_inits_function_starts_each_chain_where_it_says(cmdstan, tmp_path):
     (tmp_path / "inits.py").write_text(
-        "def inits(rng, data):\n"
-        "    return {'mu': 10 + rng.normal(size=data['K'])}\n"
+        "def inits(rng, data):\n    return {'mu': 10 + rng.normal(size=data['K'])}\n"
     )
     # no warm-up and a tiny step: the first draw is (within 1e-6) where the chain started
     backend = _nuts(tmp_path, chains=2, iter_warmup=0, iter_sampling=1, adapt_engaged=False,

@@ -119,9 +119,7 @@ def _data(seed: int = 0, K: int = 3, N: int = 10):
 
 
 @pytest.mark.stan
-def test_draws_are_the_approximations_and_its_log_densities_are_what_k_hat_needs(
-    cmdstan, tmp_path
-):
+def test_draws_are_the_approximations_and_its_log_densities_are_what_k_hat_needs(cmdstan, tmp_path):
     _, data = _data()
     backend = _backend(algorithm="meanfield", tol_rel_obj=0.001, grad_samples=10,
                        elbo_samples=1000, output_samples=2000)  # fmt: skip
@@ -196,10 +194,14 @@ def test_a_failed_fit_is_recorded_with_cmdstans_reason(cmdstan, tmp_path):
     )
     sims = sbc.load(sbc.run(study, workers=1, progress=False)).simulations
     assert (sims["status"] == "failed").all()
-    assert sims["error"].str.match(
-        r"fit: RuntimeError: CmdStan: Initialization between \(-2, 2\) failed after 100 attempts\. "
-        r"\(last: Exception: never a valid mu: "
-    ).all()
+    assert (
+        sims["error"]
+        .str.match(
+            r"fit: RuntimeError: CmdStan: Initialization between \(-2, 2\) failed after 100 attempts\. "
+            r"\(last: Exception: never a valid mu: "
+        )
+        .all()
+    )
 
 
 @pytest.mark.stan
