@@ -111,3 +111,14 @@ def load(folder: str | Path, ranks_version: int | None = None) -> StoredResults:
             ranks_version=version,
             rank_versions=versions,
         )
+
+
+def as_results(
+    given: StoredResults | str | Path, ranks_version: int | None = None
+) -> StoredResults:
+    """Results as given, or read from a folder; `ranks_version` chooses another version."""
+    if isinstance(given, StoredResults):
+        if ranks_version is None or ranks_version == given.ranks_version:
+            return given
+        given = given.folder
+    return load(given, ranks_version)

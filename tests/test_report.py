@@ -329,7 +329,7 @@ def test_long_tables_fold_passing_rows_but_never_failing_ones():
         }
     )
     v.loc[3, "kind"] = "pooled"
-    shown, folded = sections._fold_rows(v, ~v["calibrated"], v["kind"])
+    shown, folded = sections.fold_rows(v, ~v["calibrated"], v["kind"])
     assert len(shown) == sections.MAX_TABLE_ROWS and len(shown) + len(folded) == n
     assert folded["calibrated"].all() and "q3" in set(shown["quantity"])
     assert set(v.loc[~v["calibrated"], "quantity"]) <= set(shown["quantity"])
