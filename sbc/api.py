@@ -238,6 +238,7 @@ def rerank(
         sim = simulator if isinstance(simulator, Simulator) else CallableSimulator(
             UserFunction(simulator), args)  # fmt: skip
     folder = results.folder if isinstance(results, StoredResults) else Path(results)
+    known = study.quantities.derived if study is not None else None
     version = rerank_store(folder, derived=derived, thin_ranks=thin_ranks, simulator=sim,
-                           progress=progress)  # fmt: skip
+                           progress=progress, known=known)  # fmt: skip
     return Results.of(as_results(folder, version), study)

@@ -108,6 +108,7 @@ def rerank(
     simulator: Simulator | None = None,
     from_version: int | None = None,
     progress: bool = True,
+    known: Mapping[str, FunctionSpec] | None = None,
 ) -> int:
     """Rank a kept-draws study again with `derived` quantities added (or redefined) and/or
     every `thin_ranks`-th draw; returns the number of the version stored (or of the stored
@@ -122,7 +123,7 @@ def rerank(
         if parent not in versions:
             raise SBCError(f"no ranks version {parent} (stored: {versions})", where=where)
         sim = _simulator(manifest, simulator, where)
-        plan = plan_version(manifest, parent, derived or {}, thin_ranks, where)
+        plan = plan_version(manifest, parent, derived or {}, thin_ranks, where, known=known)
         existing = matching_version(store, plan.identity())
         if existing is not None:
             return existing
@@ -173,11 +174,14 @@ def plan_version(
     include: Sequence[str] | None = None,
     quantities: Sequence[str] | None = None,
     exact: bool = False,
+    known: Mapping[str, FunctionSpec] | None = None,
 ) -> RankPlan:
     """Check a re-ranking against what is stored: draws kept, thinning a multiple of their
     stride, derived quantities callable and not named like a model variable. The new
     version has `parent`'s derived quantities and `derived` (added or redefined), or with
-    `exact` (a resumed run's study) exactly `derived`."""
+    `exact` (a resumed run's study) exactly `derived`. `parent`'s own derived quantities are
+    computed again if their 'module:function' imports, or `known` (a session's functions)
+    has them; otherwise their kept draws and stored truths are reused."""
     study = manifest.get("study") or {}
     if not study.get("keep_draws"):
         raise SBCError(
@@ -199,6 +203,8 @@ def plan_version(
         if not isinstance(name, str) or not name.isidentifier():
             raise SBCError(f"derived quantity name {name!r} is not a variable name", where)
         compute[name] = _function_spec(spec, name, where)
+    if not exact:  # the version's other derived quantities, computed again where we can
+        compute = {**_recomputable(info.get("derived") or {}, known or {}), **compute}
     model_vars = {q.split("[")[0] for q in info.get("quantities") or []} - set(
         info.get("derived") or {}
     )
@@ -222,6 +228,24 @@ def plan_version(
         compute=compute,
         quantities=list(quantities),
     )
+
+
+def _recomputable(
+    described: Mapping[str, str], known: Mapping[str, FunctionSpec]
+) -> dict[str, FunctionSpec]:
+    """Derived quantities of a version whose function is at hand: the same function as the
+    version's (by its description: name and code), or a spec string that still imports."""
+    out: dict[str, FunctionSpec] = {}
+    for name, description in described.items():
+        if name in known and describe_function(known[name]) == description:
+            out[name] = known[name]
+        elif ":" in description and " " not in description:
+            try:
+                resolve_function(description)
+            except SBCError:
+                continue
+            out[name] = description
+    return out
 
 
 def _function_spec(spec: Any, name: str, where: str) -> FunctionSpec:
@@ -311,7 +335,12 @@ def _ranks_of(
         draws.update(d_draws)
     wanted = [q for q in plan.quantities if q.split("[")[0] not in draws]
     if wanted:
-        raise SBCError(f"simulation {sim}: no kept draws of {', '.join(wanted)}", where=where)
+        raise SBCError(
+            f"simulation {sim} kept no draws of {', '.join(wanted)}, a derived quantity "
+            "whose function is not at hand: give it again (--derived name=module:function, "
+            "or rerank(derived={name: function}))",
+            where=where,
+        )
     return rank_rows(
         truth,
         draws,

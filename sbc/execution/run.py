@@ -97,7 +97,8 @@ _CHANGED = {
     "fits": "the study's settings that change the fits (seed, simulator or its arguments, "
     "sampler, backend, keep_draws)",
     "study": "the study's settings (seed, simulator, sampler, quantities, backend)",
-    "simulator_source": "the simulator's source file",
+    "simulator_source": "the simulator's code (its source file, or the function and the "
+    "values it reads)",
 }
 
 
