@@ -34,11 +34,21 @@ class Results(StoredResults):
     Its DataFrames (`simulations`, `ranks`) and `folder` are those `sbc.load` always had."""
 
     study: Study | None = None  # the study that made it in this session (its Python objects)
+    #: Derived quantities given as functions in this session (by the study or a rerank), so
+    #: that re-ranking again can compute them from the kept draws.
+    functions: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance by `of`
 
     @classmethod
-    def of(cls, stored: StoredResults, study: Study | None = None) -> Results:
+    def of(
+        cls,
+        stored: StoredResults,
+        study: Study | None = None,
+        functions: Mapping[str, Any] | None = None,
+    ) -> Results:
         out = cls(**{f: getattr(stored, f) for f in StoredResults.__dataclass_fields__})
         out.study = study
+        known = dict(study.quantities.derived) if study is not None else {}
+        out.functions = {**known, **(functions or {})}
         return out
 
     # -- a path, for scripts written when `sbc.run` returned the results folder ---------------
@@ -116,6 +126,7 @@ class Results(StoredResults):
     def _plot(self, name: str, var_names: Any, ax: Any, kwargs: dict[str, Any]):
         from sbc import plots
 
+        _figures_shown_in_ipython()
         return getattr(plots, name)(self.calibration(), var_names=var_names, ax=ax, **kwargs)
 
     # -- other forms and versions --------------------------------------------------------------
@@ -141,11 +152,11 @@ class Results(StoredResults):
 
     def version(self, ranks_version: int) -> Results:
         """These results with another stored version of the ranks."""
-        return Results.of(as_results(self.folder, ranks_version), self.study)
+        return Results.of(as_results(self.folder, ranks_version), self.study, self.functions)
 
     def reload(self) -> Results:
         """Read the results again (a study still running has more by now)."""
-        return Results.of(as_results(self.folder, self.ranks_version), self.study)
+        return Results.of(as_results(self.folder, self.ranks_version), self.study, self.functions)
 
     def _repr_html_(self) -> str:
         from sbc.reports.notebook import summary_html
@@ -153,14 +164,33 @@ class Results(StoredResults):
         return summary_html(self, self.calibration())
 
 
+def _figures_shown_in_ipython() -> None:
+    """In Jupyter, a Figure returned by a cell is drawn as a PNG, as ArviZ's are, even if
+    pyplot (which registers that on import) was never imported. Elsewhere: nothing."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is None:
+        return
+    from functools import partial
+
+    from IPython.core.pylabtools import print_figure
+    from matplotlib.figure import Figure
+
+    formatters = shell.display_formatter.formatters
+    if not any(Figure in f.type_printers for f in formatters.values()):
+        formatters["image/png"].for_type(Figure, partial(print_figure, fmt="png", base64=True))
+
+
 def load(folder: str | Path | StoredResults, ranks_version: int | None = None) -> Results:
     """A study's results (default: the newest version of its ranks), from its folder or from
     a `Results` (`sbc.load(sbc.run(...))` keeps working)."""
     given = folder if isinstance(folder, StoredResults) else Path(folder)
     study = folder.study if isinstance(folder, Results) else None
+    functions = folder.functions if isinstance(folder, Results) else None
     if isinstance(given, StoredResults):
         given = given.folder  # read again: the caller asks for what is stored now
-    return Results.of(as_results(given, ranks_version), study)
+    return Results.of(as_results(given, ranks_version), study, functions)
 
 
 def run(
@@ -232,13 +262,15 @@ def rerank(
     from sbc.simulate import CallableSimulator, Simulator, UserFunction
 
     study = results.study if isinstance(results, Results) else None
+    known = dict(results.functions) if isinstance(results, Results) else {}
+    given = {k: v if isinstance(v, str | UserFunction) else UserFunction(v) if callable(v) else v
+             for k, v in (derived or {}).items()}  # fmt: skip
     sim: Simulator | None = study.simulator if study is not None else None
     if simulator is not None:
         args = (study.simulator.describe().get("args") if study is not None else None) or {}
         sim = simulator if isinstance(simulator, Simulator) else CallableSimulator(
             UserFunction(simulator), args)  # fmt: skip
     folder = results.folder if isinstance(results, StoredResults) else Path(results)
-    known = study.quantities.derived if study is not None else None
-    version = rerank_store(folder, derived=derived, thin_ranks=thin_ranks, simulator=sim,
+    version = rerank_store(folder, derived=given, thin_ranks=thin_ranks, simulator=sim,
                            progress=progress, known=known)  # fmt: skip
-    return Results.of(as_results(folder, version), study)
+    return Results.of(as_results(folder, version), study, {**known, **given})

@@ -42,10 +42,10 @@ def test_changed_study_is_refused_unless_new(tmp_path):
     sbc.run(path, progress=False)
     original = path.read_text()
     path.write_text(original.replace("draws = 50", "draws = 60"))  # other fits
-    with pytest.raises(SBCError, match="settings that change the fits .* changed since"):
+    with pytest.raises(SBCError, match=r"settings that change the fits .* changed since"):
         sbc.run(path, progress=False)
     path.write_text(original.replace("thin = 2", "thin = 4"))  # other ranks, no draws kept
-    with pytest.raises(SBCError, match="thinning changed since .* kept no draws to re-rank"):
+    with pytest.raises(SBCError, match=r"thinning changed since .* kept no draws to re-rank"):
         sbc.run(path, progress=False)
     fresh = sbc.run(path, new=True, progress=False)
     assert fresh.folder.name == "changed-2" and len(sbc.load(fresh).simulations) == 5
