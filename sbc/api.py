@@ -58,6 +58,10 @@ class Results(StoredResults):
     def __str__(self) -> str:
         return str(self.folder)
 
+    def __truediv__(self, name: str | os.PathLike[str]) -> Path:
+        """`results / "report.html"`: a path in the results folder, as with the old return."""
+        return self.folder / name
+
     def __repr__(self) -> str:
         n = len(self.simulations)
         version = f", ranks version {self.ranks_version}" if len(self.rank_versions) > 1 else ""

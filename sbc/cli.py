@@ -329,7 +329,7 @@ def _rerank(args: argparse.Namespace) -> int:
     print(
         f"ranks version {version} of {len(res.rank_versions)} in {res.folder}: "
         f"{len(info.get('quantities') or [])} quantities, {res.ranks['sim'].nunique()} "
-        f"simulations, every {info.get('thin')}-th draw"
+        f"simulations, thinned by {info.get('thin')}"
         + (" (already stored: nothing to compute)" if version in before else "")
     )
     return 0

@@ -133,7 +133,7 @@ def manifest_section(results: StoredResults) -> str:
         ("Started", h.e(m.get("started") or "—")),
         ("Last run started", h.e(m.get("last_run_started") or "—")),
         ("Finished", h.e(m.get("finished") or "not finished")),
-        ("StoredResults", h.code(str(results.folder))),
+        ("Results", h.code(str(results.folder))),
     ]
     rows = "\n".join(f"<dt>{h.e(k)}</dt><dd>{v}</dd>" for k, v in items)
     parts = ["<h2>Study</h2>", f'<dl class="manifest">{rows}</dl>']
@@ -169,7 +169,7 @@ def _ranks_line(results: StoredResults) -> str:
     info = results.version_info()
     text = f"version {results.ranks_version} of {len(results.rank_versions)}"
     made = "re-ranked from kept draws" if info.get("by") == "rerank" else "ranked by the run"
-    text += f" ({made}; every {info.get('thin', '?')}-th draw"
+    text += f" ({made}, thinned by {info.get('thin', '?')}"
     if info.get("derived"):
         text += f"; derived: {', '.join(info['derived'])}"
     approximate = info.get("moments_from_kept_draws") or []
