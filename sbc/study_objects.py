@@ -8,7 +8,6 @@ notebook and one read from a file behave alike: same checks, same identity, same
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +17,46 @@ from sbc.study import Study, parse_study
 WHERE = "sbc.run"
 
 
-def study_from_objects(
-    *,
-    stan: str | Path | Any = None,
-    simulator: Callable[..., Any] | str | None = None,
-    simulator_args: Mapping[str, Any] | None = None,
-    sims: int | None = None,
-    seed: int | None = None,
-    out: str | Path | None = None,
-    name: str | None = None,
-    derived: Mapping[str, Callable[..., Any] | str] | None = None,
-    backend: str | Mapping[str, Any] | None = None,
-    sampler: Mapping[str, Any] | None = None,
-    thin_ranks: int | None = None,
-    keep_draws: bool | None = None,
-    include: Sequence[str] | None = None,
-    pool: Sequence[str] | None = None,
-    description: str | None = None,
-) -> Study:
-    """A checked `Study` from keywords (see `sbc.run`); one-line SBCError on bad input."""
+#: The keywords of `sbc.run` that describe the study itself (see `sbc.api.run`).
+KEYWORDS = (
+    "stan", "simulator", "simulator_args", "sims", "seed", "out", "name", "derived", "backend",
+    "sampler", "thin_ranks", "keep_draws", "include", "pool", "description",
+)  # fmt: skip
+
+
+def study_from_objects(**given: Any) -> Study:
+    """A checked `Study` from `sbc.run`'s keywords (`KEYWORDS`; None: not given), one-line
+    SBCError on bad input: stan (a path or a CmdStanModel), simulator (a function, or a
+    'module:function' spec), derived ({name: function or spec}), backend (a type name, or
+    the ``[backend]`` table), sampler (the ``[sampler]`` table), thin_ranks, ..."""
+    unknown = sorted(set(given) - set(KEYWORDS))
+    if unknown:
+        raise TypeError(f"study_from_objects() got unexpected keywords: {', '.join(unknown)}")
+    g: dict[str, Any] = {k: given.get(k) for k in KEYWORDS}
+    simulator, stan, out = g["simulator"], g["stan"], g["out"]
     if simulator is None:
         raise SBCError("simulator: missing (a function f(rng) -> (truth, data))", where=WHERE)
     stan_file = _stan_file(stan)
     raw: dict[str, Any] = {
-        "simulator": {"function": simulator, "args": dict(simulator_args or {})},
-        "name": name or _default_name(out, stan_file, simulator),
+        "simulator": {"function": simulator, "args": dict(g["simulator_args"] or {})},
+        "name": g["name"] or _default_name(out, stan_file, simulator),
     }
     if stan_file is not None:
         raw["stan"] = str(stan_file)
-    optional = {"sims": sims, "seed": seed, "keep_draws": keep_draws, "description": description}
-    raw.update({k: v for k, v in optional.items() if v is not None})
+    optional = ("sims", "seed", "keep_draws", "description")
+    raw.update({k: g[k] for k in optional if g[k] is not None})
     if out is not None:
         raw["out"] = str(Path(out).absolute())
+    backend = g["backend"]
     if backend is not None:
         raw["backend"] = {"type": backend} if isinstance(backend, str) else dict(backend)
-    table = dict(sampler or {})
-    if thin_ranks is not None:
-        table["thin"] = thin_ranks  # `[sampler] thin` in a study file: every k-th draw ranked
+    table = dict(g["sampler"] or {})
+    if g["thin_ranks"] is not None:
+        table["thin"] = g["thin_ranks"]  # `[sampler] thin` in a study file: every k-th draw
     if table:
         raw["sampler"] = table
-    quantities = {"derived": dict(derived or {}), "include": list(include or []),
-                  "pool": list(pool or [])}  # fmt: skip
+    quantities = {"derived": dict(g["derived"] or {}), "include": list(g["include"] or []),
+                  "pool": list(g["pool"] or [])}  # fmt: skip
     raw["quantities"] = {k: v for k, v in quantities.items() if v}
     try:
         return parse_study(raw)
