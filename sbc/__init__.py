@@ -16,6 +16,8 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
+#: The name it is installed under (`sbc` on PyPI is an unrelated package); imported as `sbc`.
+DISTRIBUTION = "stan-sbc"
 
 #: Public name -> "module" or "module:attribute" that defines it (imported on first use).
 _PUBLIC = {
