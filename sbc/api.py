@@ -229,7 +229,10 @@ def run(
     f(rng, **simulator_args) -> (truth, data) (a closure, one defined in a cell: it is
     shipped to the workers with cloudpickle, and its code and the values it reads are part of
     what a resumed study must match), `derived` functions f(params, data) -> one value per
-    draw, `thin_ranks` ranks every k-th draw, `keep_draws` keeps them for `rerank`.
+    draw, `thin_ranks` ranks every k-th draw, `keep_draws` keeps them for `rerank`. With a
+    study, `backend="NAME"` runs that inference method on the same datasets instead of the
+    study's own (as ``sbc run --backend NAME``): its settings from the file's
+    ``[backend.NAME]``, its results in ``results/<name>-NAME``.
     `options`: workers, scheduler, retry_failed, new, stop_early, alpha, look_every.
     """
     from sbc.errors import SBCError
@@ -241,6 +244,9 @@ def run(
         "keep_draws": keep_draws, "include": include, "pool": pool,
     }  # fmt: skip
     given = sorted(k for k, v in objects.items() if v is not None)
+    switch = None
+    if study is not None and given == ["backend"] and isinstance(backend, str):
+        switch, given = backend, []  # `sbc run study.toml --backend NAME`: another method
     if study is not None and given:
         raise SBCError(
             f"sbc.run: give a study, or the study as keywords ({', '.join(given)}), not both"
@@ -250,7 +256,9 @@ def run(
 
         study = study_from_objects(**objects, sims=sims, seed=seed, out=out)
         sims = seed = out = None  # already in the study
-    folder = run_study(study, sims=sims, seed=seed, out=out, progress=progress, **options)
+    folder = run_study(
+        study, sims=sims, seed=seed, out=out, backend=switch, progress=progress, **options
+    )
     return Results.of(as_results(folder), study if isinstance(study, Study) else None)
 
 

@@ -27,6 +27,7 @@ class CheckOutcome:
     reasons: list[str] = field(default_factory=list)
     diagnostics: pd.DataFrame | None = None
     calibration: Calibration | None = field(default=None, repr=False)
+    method: str = ""  # the inference method that produced the draws
 
     @property
     def headline(self) -> str:
@@ -68,7 +69,7 @@ def check(
         share = float((sims["status"] == "failed").sum()) / n
         if share > max_failed_share:
             reasons.append(f"{share:.1%} of simulations failed (limit {max_failed_share:.1%})")
-    return CheckOutcome(not reasons, cal.table, reasons, cal.diagnostics, cal)
+    return CheckOutcome(not reasons, cal.table, reasons, cal.diagnostics, cal, res.method)
 
 
 @dataclass

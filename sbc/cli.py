@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, help="override the study's seed")
     p.add_argument("--stan", type=Path, help="override the study's Stan program")
     p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
+    _add_backend_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
     p = sub.add_parser("run", help="run or resume an SBC study")
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, help="master seed")
     p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
     p.add_argument("--scheduler", help="'local' (default), 'local:N' or tcp://host:port (dask)")
+    _add_backend_argument(p)
     p.add_argument("--retry-failed", action="store_true", help="rerun failed simulations")
     p.add_argument("--new", action="store_true", help="start over in a new results folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for CI logs)")
@@ -156,6 +158,13 @@ def _add_pool_argument(p: argparse.ArgumentParser) -> None:
                         "(default: as the study declares; '' for none)")  # fmt: skip
 
 
+def _add_backend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", metavar="NAME",
+                   help="run another inference method (e.g. cmdstan-variational) on the same "
+                        "datasets, with the study's [backend.NAME] settings; results go to "
+                        "results/<name>-NAME")  # fmt: skip
+
+
 def _version() -> str:
     from sbc import __version__
 
@@ -230,7 +239,9 @@ def _recover(args: argparse.Namespace) -> int:
     from sbc.recover import recover
     from sbc.study import load_study
 
-    study = load_study(args.study).with_overrides(seed=args.seed, out=args.out, stan=args.stan)
+    study = load_study(args.study).with_overrides(
+        seed=args.seed, out=args.out, stan=args.stan, backend=args.backend
+    )
     result = recover(study, progress=not args.quiet)
     _print_recovery(result)
     return 0
@@ -264,6 +275,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         out=args.out,
+        backend=args.backend,
         retry_failed=args.retry_failed,
         new=args.new,
         progress=not args.quiet,
@@ -363,8 +375,15 @@ def _check(args: argparse.Namespace) -> int:
         ranks_version=args.ranks_version,
     )
     cols = ["quantity", "n", "log_gamma_ratio", "p_value", "p_holm", "coverage90", "shape"]
+    print(f"draws from {outcome.method}")
     print(_table(outcome.verdicts[cols]))
     print()
+    if outcome.diagnostics is not None and len(outcome.diagnostics):
+        d = outcome.diagnostics
+        print("fits flagged by the backend's diagnostics (kept in the verdicts; rules: "
+              "docs/statistics.md, docs/backends.md):")  # fmt: skip
+        print(_table(d[d["known"] > 0][["diagnostic", "rule", "flagged", "known", "share"]]))
+        print()
     print(outcome.headline)
     if outcome.passed:
         return 0

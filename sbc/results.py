@@ -10,6 +10,7 @@ accepts either.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,11 @@ class StoredResults:
         return None if declared is None else tuple(Diagnostic.from_dict(d) for d in declared)
 
     @property
+    def method(self) -> str:
+        """The inference method that produced the draws, in one line."""
+        return method_line(self.manifest.get("backend") or {})
+
+    @property
     def pool(self) -> tuple[str, ...]:
         """Variables whose components are pooled over their first index (`[quantities] pool`)."""
         return tuple(self.manifest.get("study", {}).get("quantities", {}).get("pool", ()))
@@ -62,6 +68,20 @@ class StoredResults:
             return None
         with np.load(io.BytesIO(blob)) as npz:
             return {k: npz[k] for k in npz.files}
+
+
+#: The method of results written before backends said theirs in the manifest.
+_OLD_METHODS = {"cmdstan": "NUTS (CmdStan's sample)", "exact": "exact posterior draws"}
+
+
+def method_line(backend: Mapping[str, Any]) -> str:
+    """'<backend type>: <method>, CmdStan <version>' from a manifest's ``backend`` entry."""
+    kind = str(backend.get("type", "unknown backend"))
+    method = backend.get("method") or _OLD_METHODS.get(kind.split("-")[0], "")
+    text = f"{kind}: {method}" if method else kind
+    if backend.get("cmdstan_version"):
+        text += f", CmdStan {backend['cmdstan_version']}"
+    return text
 
 
 #: The name this class had before `sbc.Results` (the notebook object) subclassed it.

@@ -50,11 +50,10 @@ def study_from_objects(**given: Any) -> Study:
     backend = g["backend"]
     if backend is not None:
         raw["backend"] = {"type": backend} if isinstance(backend, str) else dict(backend)
-    table = dict(g["sampler"] or {})
+    if g["sampler"]:
+        raw["sampler"] = dict(g["sampler"])  # sbc 0.1's spelling of NUTS's settings
     if g["thin_ranks"] is not None:
-        table["thin"] = g["thin_ranks"]  # `[sampler] thin` in a study file: every k-th draw
-    if table:
-        raw["sampler"] = table
+        raw["thin_ranks"] = g["thin_ranks"]
     quantities = {"derived": dict(g["derived"] or {}), "include": list(g["include"] or []),
                   "pool": list(g["pool"] or [])}  # fmt: skip
     raw["quantities"] = {k: v for k, v in quantities.items() if v}

@@ -42,6 +42,7 @@ def run(
     workers: int | None = None,
     scheduler: str | None = None,
     out: str | Path | None = None,
+    backend: str | None = None,
     retry_failed: bool = False,
     new: bool = False,
     progress: bool = True,
@@ -57,11 +58,13 @@ def run(
     first quantity rejected at family-wise level `alpha`; the decision is recorded in the
     manifest as "stopped_early" (null when the run did not stop) and the store stays
     resumable. The calling process keeps its environment and its loggers' state
-    (`isolation`): only the worker processes are silenced."""
+    (`isolation`): only the worker processes are silenced. `backend` runs another inference
+    method on the same datasets (its settings from the file's ``[backend.<name>]``, its
+    results in ``results/<name>-<backend>``)."""
     if not isinstance(study, Study):
         study = load_study(study)
     study = study.with_overrides(
-        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out
+        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out, backend=backend
     )
     with process_state_kept():
         p = prepare(study, progress=progress)
@@ -168,7 +171,7 @@ def _rerank_stored(store: Store, p: Prepared, manifest: dict[str, Any], progress
         manifest,
         store.rank_versions()[-1],
         study.quantities.derived,
-        study.thin,
+        study.thin_ranks,
         where,
         include=study.quantities.include,
         quantities=p.quantities,
@@ -212,8 +215,8 @@ def _version_info(p: Prepared) -> dict[str, Any]:
     study = p.study
     derived = study.derived_described()
     return {
-        "identity": rank_identity_hash(study.thin, study.quantities.include, derived),
-        "thin": study.thin,
+        "identity": rank_identity_hash(study.thin_ranks, study.quantities.include, derived),
+        "thin": study.thin_ranks,
         "include": list(study.quantities.include),
         "derived": derived,
         "quantities": list(p.quantities),
@@ -271,7 +274,7 @@ def _execute(
     tmp_root = folder / ".tmp"
     shutil.rmtree(tmp_root, ignore_errors=True)  # left by a killed run; we hold the lock
     tmp_root.mkdir()
-    task_of = _task_factory(p, str(tmp_root), keep_every=_kept_stride(store, study.thin))
+    task_of = _task_factory(p, str(tmp_root), keep_every=_kept_stride(store, study.thin_ranks))
     bar = _progress_bar(study.sims, len(done & set(range(study.sims))), progress)
     flagged = next((d for d in p.backend.diagnostics if d.flag_when), None)
     counts = {"failed": 0, **({flagged.name: 0} if flagged else {})}
@@ -338,7 +341,7 @@ def _task_factory(p: Prepared, tmp_root: str, keep_every: int):
             master_seed=study.seed,
             simulator=study.simulator,
             backend=p.backend,
-            thin=study.thin,
+            thin=study.thin_ranks,
             quantities=tuple(p.quantities),
             derived=study.quantities.derived,
             keep_draws=study.keep_draws,

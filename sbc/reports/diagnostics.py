@@ -22,6 +22,8 @@ SPLITS = (
     ("divergences", ("divergences",)),
     ("ESS per kept draw", ("ess_bulk_min", "ess_tail_min")),
     ("R-hat", ("rhat_max",)),
+    ("ELBO convergence", ("not_converged", "elbo_below_best")),
+    ("Pareto k̂", ("pareto_k",)),
 )
 
 

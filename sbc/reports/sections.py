@@ -123,8 +123,9 @@ def manifest_section(results: StoredResults) -> str:
         ("Stan program", _stan_line(study, ident)),
         ("Simulator", f"{h.code(sim.get('function'))} with {h.code(_json(sim.get('args', {})))}"),
         ("Quantities", _quantities_line(m, study)),
+        ("Method", h.e(results.method)),
+        ("Settings", h.e(_settings_line(m.get("backend") or {}, study))),
         ("Ranks", h.e(_ranks_line(results))),
-        ("Sampler", h.e(_pairs(study.get("sampler") or {}))),
         ("Backend", h.e(_backend_line(m.get("backend") or {}))),
         ("Simulations", h.e(f"{len(results.simulations)} stored of {m.get('sims', '?')}")),
         ("Seed", h.e(str(study.get("seed", "?")))),
@@ -164,6 +165,13 @@ def _quantities_line(m: dict[str, Any], study: dict[str, Any]) -> str:
     return h.e(text)
 
 
+def _settings_line(backend: dict[str, Any], study: dict[str, Any]) -> str:
+    """The method's settings as run (every one, defaults too; thinning for the ranks is on
+    the Ranks line); for results written before backends recorded them, the sampler's."""
+    sampler = {k: v for k, v in (study.get("sampler") or {}).items() if k != "thin"}
+    return _pairs(backend.get("settings") or sampler)
+
+
 def _ranks_line(results: StoredResults) -> str:
     """Which version of the ranks the report shows, and how that version was made."""
     info = results.version_info()
@@ -179,10 +187,9 @@ def _ranks_line(results: StoredResults) -> str:
 
 
 def _backend_line(backend: dict[str, Any]) -> str:
-    rest = {k: v for k, v in backend.items() if k not in ("type", "cmdstan_version")}
+    skip = ("type", "cmdstan_version", "method", "settings")
+    rest = {k: v for k, v in backend.items() if k not in skip}
     text = str(backend.get("type", "?"))
-    if backend.get("cmdstan_version"):
-        text += f", CmdStan {backend['cmdstan_version']}"
     return text + (f" ({_pairs(rest)})" if rest else "")
 
 

@@ -226,9 +226,9 @@ def lmm_study(tmp_path: Path, name: str, sims: int = 6) -> Path:
     text = (ROOT / "studies" / "lmm_sbc.toml").read_text()
     for old, new in (
         ("sims = 200", f"sims = {sims}"),
-        ("warmup = 250", "warmup = 150"),
-        ("draws = 500", "draws = 150"),
-        ("thin = 10", "thin = 5"),
+        ("iter_warmup = 250", "iter_warmup = 150"),
+        ("iter_sampling = 500", "iter_sampling = 150"),
+        ("thin_ranks = 10", "thin_ranks = 5"),
         ('stan = "../stan/', f'stan = "{ROOT}/stan/'),
     ):
         assert old in text, old
