@@ -1,5 +1,6 @@
-"""Run (or resume) a study: `sbc run`. One task per simulation on a pool, each result stored
-as it arrives, in a results folder that one run at a time may write.
+"""Run (or resume) a study: `sbc run`. Simulations run on a pool (in batches when they are
+cheap), results are stored as they arrive (what arrives together in one transaction), in a
+results folder that one run at a time may write.
 
 A results folder remembers what made its results (`identity`): running the same study
 again resumes it; a study whose settings, simulator or model changed is refused.
@@ -231,14 +232,16 @@ def _execute(
     counts = {"failed": 0, **({flagged.name: 0} if flagged else {})}
     results = _results(task_of, todo, p.workers, study.parallel.scheduler, tmp_root, progress)
     try:
-        for result in results:
-            store.add(result)
-            counts["failed"] += result.status == "failed"
+        for batch in results:
+            store.add_many(batch)  # what arrived together is one transaction
+            counts["failed"] += sum(r.status == "failed" for r in batch)
             if flagged is not None:
-                counts[flagged.name] += _flags(flagged, result.diagnostics.get(flagged.name))
+                counts[flagged.name] += sum(
+                    _flags(flagged, r.diagnostics.get(flagged.name)) for r in batch
+                )
             bar.set_postfix(counts, refresh=False)
-            bar.update(1)
-            if monitor is not None and monitor.add(result) is not None:
+            bar.update(len(batch))
+            if monitor is not None and any(monitor.add(r) is not None for r in batch):
                 break  # stop early: in-flight fits are killed when `results` is closed
     finally:
         results.close()

@@ -7,10 +7,10 @@ connects to an existing cluster. dask is an optional extra (`pip install 'sbc[da
 
 What stays as with the default pool:
 
-* Results come back to the runner's process, which alone writes the store, one
-  transaction per simulation: a worker never touches it, so no partial row exists.
-* A task is a `Task` (sim index, study seed, backend...): its seeds come from
-  (study seed, sim) alone, never from the worker that runs it.
+* Results come back to the runner's process, which alone writes the store, each
+  simulation all or nothing: a worker never touches it, so no partial row exists.
+* A task is a `Batch` of simulations (one for real fits; more when fits cost nothing):
+  each simulation's seeds come from (study seed, sim) alone, never from the worker.
 * A fit whose worker dies is retried, then recorded as failed, by the runner's rule
   (`sbc.execution.pools.drain`, `MAX_ATTEMPTS`). With "local:N" sbc starts the scheduler with
   `allowed-failures = 0` and `worker-saturation = 1.0`, so dask reports the death at
@@ -31,7 +31,6 @@ the processes it left behind (CmdStan) and removes its scratch folder.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import subprocess
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sbc.errors import SBCError, one_line
-from sbc.execution.task import Task, failed_result
+from sbc.execution.task import Batch, failed_result
 
 try:  # the plugin's base class; this module must import without dask (see DaskPool)
     from distributed import WorkerPlugin as _WorkerPluginBase
@@ -171,7 +170,7 @@ class _DaskExecutor:
         self._inner = client.get_executor(pure=False)
         self._payloads: dict[int, Any] = {}  # id(backend) -> what it ships
 
-    def submit(self, fn, task):
+    def submit(self, fn, batch: Batch):
         """Submit; while the client reconnects to a lost scheduler, wait for it, or stop."""
         deadline = time.monotonic() + CONNECT_TIMEOUT + 1
         while self._client.status == "connecting" and time.monotonic() < deadline:
@@ -179,7 +178,8 @@ class _DaskExecutor:
         if self._client.status != "running":
             raise _scheduler_lost(self._address)
         try:
-            return self._inner.submit(_on_worker, fn, task, self._payload(task.backend))
+            payload = self._payload(batch.template.backend)
+            return self._inner.submit(_on_worker, fn, batch, payload)
         except Exception:
             if self._client.status == "running":
                 raise
@@ -208,19 +208,19 @@ def _scheduler_lost(address: str) -> SBCError:
 # -- on the worker -------------------------------------------------------------------------------
 
 
-def _on_worker(fn, task: Task, payload: Any):
-    """Run `fn(task)` (`run_simulation`) with this host's scratch folder and backend.
+def _on_worker(fn, batch: Batch, payload: Any):
+    """Run `fn(batch)` (`run_batch`) with this host's scratch folder and backend.
 
-    Like `run_simulation` it never raises: a worker host that cannot run the model
-    (for CmdStan: none here, another version, a compile error) gives a failed result.
+    Like `run_batch` it never raises: a worker host that cannot run the model (for
+    CmdStan: none here, another version, a compile error) gives failed results.
     """
     try:
-        task = dataclasses.replace(
-            task, tmp_root=str(_scratch()), backend=task.backend.on_host(payload)
-        )
+        backend = batch.template.backend.on_host(payload)
+        batch = batch.with_template(tmp_root=str(_scratch()), backend=backend)
     except Exception as exc:
-        return failed_result(task, f"worker host {socket.gethostname()}: {one_line(exc)}")
-    return fn(task)
+        reason = f"worker host {socket.gethostname()}: {one_line(exc)}"
+        return [failed_result(task, reason) for task in batch.tasks()]
+    return fn(batch)
 
 
 # -- worker processes: scratch folder, process group, a watchdog for CmdStan orphans ----------
