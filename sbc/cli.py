@@ -1,7 +1,9 @@
 """The `sbc` command: a thin layer over the Python API.
 
 Exit codes: 0 success (and "calibrated" for check), 1 a check or comparison
-failed, 2 bad input (one line on stderr, never a traceback), 130 interrupted.
+failed (for run: every simulation failed, or --stop-early stopped the study), 2 bad input
+(one line on stderr, never a traceback; for run also a study whose first simulations all
+failed the same way), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -246,6 +248,11 @@ def _run(args: argparse.Namespace) -> int:
     sims = res.simulations
     failed = int((sims["status"] == "failed").sum())
     print(f"{len(sims)} simulations stored in {folder} ({failed} failed)")
+    if len(sims) and failed == len(sims):  # nothing to analyse: say so in the exit code
+        from sbc.execution.failfast import most_common_reason
+
+        print(f"every simulation failed (most often: {most_common_reason(sims['error'])})")
+        return 1
     stopped = res.manifest.get("stopped_early")
     if args.stop_early and stopped:
         from sbc.analysis.sequential import Rejection

@@ -21,6 +21,7 @@ from typing import Any
 
 from sbc import __version__
 from sbc.errors import SBCError
+from sbc.execution.failfast import FailFast
 from sbc.execution.pools import drain, open_pool
 from sbc.execution.prepare import Prepared, prepare
 from sbc.execution.task import Task
@@ -228,12 +229,15 @@ def _execute(
     tmp_root.mkdir()
     task_of = _task_factory(p, str(tmp_root))
     bar = _progress_bar(study.sims, len(done & set(range(study.sims))), progress)
+    ok_before = bool(store.done(include_failed=False))
+    fail_fast = FailFast(len(todo), ok_before, where=str(study.path or study.name))
     flagged = next((d for d in p.backend.diagnostics if d.flag_when), None)
     counts = {"failed": 0, **({flagged.name: 0} if flagged else {})}
     results = _results(task_of, todo, p.workers, study.parallel.scheduler, tmp_root, progress)
     try:
         for batch in results:
             store.add_many(batch)  # what arrived together is one transaction
+            fail_fast.check(batch)  # the first simulations all failed alike: stop, one line
             counts["failed"] += sum(r.status == "failed" for r in batch)
             if flagged is not None:
                 counts[flagged.name] += sum(
