@@ -75,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, help="parallel worker processes")
     p.add_argument("--seed", type=_seed, help="master seed")
     p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
-    p.add_argument("--scheduler", help="'local' (default), 'local:N' or tcp://host:port (dask)")
+    p.add_argument(
+        "--scheduler",
+        help="'local' (default), 'local:N', tcp://host:port or tls://host:port (dask)",
+    )
+    p.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate(s) for a tls:// scheduler")
+    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate (tls://)")
+    p.add_argument("--tls-key", metavar="PEM",
+                   help="this client's private key (tls://), if not in --tls-cert")  # fmt: skip
     p.add_argument("--retry-failed", action="store_true", help="rerun failed simulations")
     p.add_argument("--new", action="store_true", help="start over in a new results folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for CI logs)")
@@ -241,6 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         stop_early=args.stop_early,
         alpha=args.alpha,
         look_every=args.look_every,
+        tls={"tls_ca_file": args.tls_ca_file, "tls_cert": args.tls_cert, "tls_key": args.tls_key},
     )
     from sbc.results import load
 

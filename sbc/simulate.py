@@ -256,8 +256,7 @@ def check_data_against_program(
             continue
         if given != declared:
             raise SBCError(
-                f"data {name!r} has {given} dimensions but {model} declares {name} with "
-                f"{declared}",
+                f"data {name!r} has {given} dimensions but {model} declares {name} with {declared}",
                 where=where,
             )
 

@@ -22,7 +22,7 @@ from typing import Any
 from sbc import __version__
 from sbc.errors import SBCError
 from sbc.execution.failfast import FailFast
-from sbc.execution.pools import drain, open_pool
+from sbc.execution.pools import check_scheduler, drain, open_pool
 from sbc.execution.prepare import Prepared, prepare
 from sbc.execution.task import Task
 from sbc.store import DB_NAME, Store
@@ -43,6 +43,7 @@ def run(
     stop_early: bool = False,
     alpha: float = 0.01,
     look_every: int = 1,
+    tls: dict[str, str | Path | None] | None = None,
 ) -> Path:
     """Run (or resume) a study; returns its results folder. The Python face of `sbc run`.
 
@@ -50,13 +51,15 @@ def run(
     every `look_every` simulations (in simulation-index order) and the study stops at the
     first quantity rejected at family-wise level `alpha`; the decision is recorded in the
     manifest as "stopped_early" (null when the run did not stop) and the store stays
-    resumable."""
+    resumable. `tls`: certificate files for a tls:// scheduler (`tls_ca_file`, `tls_cert`,
+    `tls_key`), overriding the study file's ``[parallel]``."""
     if not isinstance(study, Study):
         study = load_study(study)
     study = study.with_overrides(
-        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out
+        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out, tls=tls
     )
     p = prepare(study, progress=progress)
+    check_scheduler(study.parallel.scheduler, study.parallel.tls_files())
     folder = study.results_dir
     if new:
         folder = _fresh_folder(folder)
@@ -233,7 +236,7 @@ def _execute(
     fail_fast = FailFast(len(todo), ok_before, where=str(study.path or study.name))
     flagged = next((d for d in p.backend.diagnostics if d.flag_when), None)
     counts = {"failed": 0, **({flagged.name: 0} if flagged else {})}
-    results = _results(task_of, todo, p.workers, study.parallel.scheduler, tmp_root, progress)
+    results = _results(task_of, todo, p.workers, study.parallel, tmp_root, progress)
     try:
         for batch in results:
             store.add_many(batch)  # what arrived together is one transaction
@@ -289,11 +292,12 @@ def _task_factory(p: Prepared, tmp_root: str):
     return task
 
 
-def _results(task_of, todo: list[int], workers: int, scheduler: str, tmp_root: Path, progress):
+def _results(task_of, todo: list[int], workers: int, parallel: Any, tmp_root: Path, progress):
     """Results in completion order, from the study's pool (none is started for no work)."""
     if not todo:
         return
-    pool = open_pool(scheduler, workers, len(todo), tmp_root, progress)
+    tls = parallel.tls_files()
+    pool = open_pool(parallel.scheduler, workers, len(todo), tmp_root, progress, tls=tls)
     yield from drain(pool, task_of, todo, in_flight=2 * pool.workers)
 
 

@@ -10,7 +10,7 @@ every pool.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,15 +48,34 @@ class Pool(Protocol):
         ...
 
 
-def open_pool(scheduler: str, workers: int, tasks: int, tmp_root: Path, progress: bool) -> Pool:
-    """The pool a study's scheduler names: "local" (loky), "local:N" or an address (dask)."""
+def open_pool(
+    scheduler: str,
+    workers: int,
+    tasks: int,
+    tmp_root: Path,
+    progress: bool,
+    tls: Mapping[str, Path] | None = None,
+) -> Pool:
+    """The pool a study's scheduler names: "local" (loky), "local:N" or an address (dask;
+    `tls`: certificate files for a tls:// address, by `distributed.Security`'s names)."""
     if scheduler == "local":
         from sbc.execution.pools.local import LocalPool
 
         return LocalPool(min(workers, tasks), tmp_root)
     from sbc.execution.pools.dask import DaskPool
 
-    return DaskPool(scheduler, workers, progress)
+    return DaskPool(scheduler, workers, progress, tls=tls)
+
+
+def check_scheduler(scheduler: str, tls: Mapping[str, Path]) -> None:
+    """Refuse, before anything is written, TLS settings that cannot work (see
+    `dask.security`): bad certificate files, tls:// without certificates, certificates
+    with tcp://."""
+    if scheduler.startswith(("tcp://", "tls://")):
+        from sbc.execution.pools.dask import DaskPool, security
+
+        DaskPool.check_installed()
+        security(scheduler, tls)
 
 
 def drain(

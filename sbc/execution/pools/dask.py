@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,19 +62,30 @@ _NEEDS_DASK = "--scheduler needs dask: pip install 'sbc[dask]'"
 class DaskPool:
     """The runner's pool interface (`workers`, `executor()`, `shutdown()`) over dask."""
 
-    def __init__(self, scheduler: str, workers: int = 0, progress: bool = True):
-        try:
-            import dask  # noqa: F401
-            import distributed  # noqa: F401
-        except ImportError:
-            raise SBCError(_NEEDS_DASK) from None
+    def __init__(
+        self,
+        scheduler: str,
+        workers: int = 0,
+        progress: bool = True,
+        tls: Mapping[str, Path] | None = None,
+    ):
+        self.check_installed()
         self.scheduler = scheduler
+        self.security = security(scheduler, tls or {})
         self.cluster: Any = None
         self.client: Any = None
         self._connect()
         self.workers = self._slots()  # for "local:N": N
         if progress:  # --quiet: nothing on stderr but errors
             print(f"sbc: dask dashboard at {self.client.dashboard_link}", file=sys.stderr)
+
+    @staticmethod
+    def check_installed() -> None:
+        try:
+            import dask  # noqa: F401
+            import distributed  # noqa: F401
+        except ImportError:
+            raise SBCError(_NEEDS_DASK) from None
 
     # -- the pool interface ------------------------------------------------------------------------
     def executor(self) -> _DaskExecutor:
@@ -105,10 +117,14 @@ class DaskPool:
             self.client = Client(self.cluster)
         else:
             try:
-                self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT)
+                self.client = Client(
+                    self.scheduler, timeout=CONNECT_TIMEOUT, security=self.security
+                )
             except (OSError, TimeoutError):
+                tls = " over TLS (or it refused our certificate)" if self.security else ""
                 raise SBCError(
-                    f"no dask scheduler answered within {CONNECT_TIMEOUT} s", where=self.scheduler
+                    f"no dask scheduler answered{tls} within {CONNECT_TIMEOUT} s",
+                    where=self.scheduler,
                 ) from None
             except Exception as exc:  # something else listens there (garbage handshake)
                 raise SBCError(
@@ -156,6 +172,45 @@ class DaskPool:
         finally:
             if cluster is not None:
                 cluster.close()
+
+
+def security(scheduler: str, files: Mapping[str, Path]) -> Any:
+    """dask's `Security` for a tls:// scheduler: the files given (study file or command
+    line), else dask's own config (`distributed.comm.tls.ca-file`, `.client.cert`,
+    `.client.key`); None for other schedulers. Refuses certificates with tcp://, where
+    they would silently not be used, and a tls:// address with no certificates at all."""
+    from distributed import Security
+
+    if not scheduler.startswith("tls://"):
+        if files and scheduler.startswith("tcp://"):
+            raise SBCError(
+                "TLS certificates are given but the scheduler address is tcp:// (unencrypted): "
+                "use its tls:// address",
+                where=scheduler,
+            )
+        return None
+    try:
+        sec = Security(require_encryption=True, **{k: str(v) for k, v in files.items()})
+        missing = [k for k in ("tls_ca_file", "tls_client_cert") if not getattr(sec, k)]
+        if missing:
+            raise SBCError(
+                f"a tls:// scheduler needs {' and '.join(missing)}: [parallel] tls_ca_file, "
+                "tls_cert, tls_key in the study file, --tls-ca-file, --tls-cert, --tls-key, or "
+                "dask's config distributed.comm.tls.*",
+                where=scheduler,
+            )
+        for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+            path = getattr(sec, name)
+            if path and "\n" not in path and not Path(path).is_file():  # from dask's config
+                raise SBCError(f"{name}: file not found: {path}", where=scheduler)
+        sec.get_connection_args("client")  # reads the files: bad PEM fails here, in one line
+    except SBCError:
+        raise
+    except Exception as exc:  # ssl.SSLError, ValueError: not a certificate or key
+        raise SBCError(
+            f"cannot use the TLS certificates: {one_line(exc)}", where=scheduler
+        ) from None
+    return sec
 
 
 class _DaskExecutor:
