@@ -20,6 +20,13 @@ two sizes, and the figures per simulation are the differences between them, so s
 * fits fed: at the ceiling, how many fits of 2 s (the shipped mixed-model study's) run at
   once, i.e. on how many cores one fit each.
 
+Pools: "local" (loky) and "dask" (a LocalCluster of `--workers` processes, whose scheduler
+runs in the main process, so its CPU is counted), each as sbc runs them (cheap simulations go
+in batches), and "local-1", "dask-1": one simulation per task (this checkout only, with
+`sbc.execution.pools.MAX_BATCH = 1`), which is what fits over `BATCH_SECONDS` get: the figure
+that says how many workers with real fits one runner can feed. The baseline checkout (before
+batches) always sends one simulation per task.
+
 Runs of different code and pools are interleaved (A B B A ...). Ranks are compared between
 the two checkouts (`identical_ranks.compare`). Target: >= 300 simulations per second on the
 local pool.

@@ -1,19 +1,17 @@
 """studies/linreg_simulator.py, broken on purpose (`variant`) against stan/linreg.stan."""
-import numpy as np
+from pathlib import Path
+
+from sbc.simulate import load_callable
+
+BASE = f"{Path(__file__).resolve().parents[2] / 'studies' / 'linreg_simulator.py'}:simulate"
 
 
 def simulate(rng, N=30, K=3, variant="ok"):
-    alpha = rng.normal(0.0, 2.0)
-    beta = rng.normal(0.0, 1.0, size=K)
-    sigma = rng.exponential(1.0)
-    X = rng.normal(size=(N, K))
-    y = rng.normal(alpha + X @ beta, sigma)
-    truth = {"alpha": alpha, "beta": beta, "sigma": sigma}
-    data = {"N": N, "K": K, "X": X, "y": y}
+    truth, data = load_callable(BASE)(rng, N=N, K=K)
     if variant == "no_y":  # the data block's `vector[N] y` is missing
         del data["y"]
     elif variant == "X_flat":  # `matrix[N, K] X` given as a vector
-        data["X"] = X.ravel()
+        data["X"] = data["X"].ravel()
     elif variant == "beta_short":  # truth `beta` of length K - 1 against `vector[K] beta`
-        truth["beta"] = beta[:-1]
+        truth["beta"] = truth["beta"][:-1]
     return truth, data

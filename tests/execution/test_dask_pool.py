@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, exact_study
+from conftest import ROOT, exact_study, stop_processes
 
 import sbc
 import sbc.execution.pools.dask as sbc_dask
@@ -123,12 +123,7 @@ def dask_cluster(tmp_path):
             client.wait_for_workers(2, timeout=60)
             yield client.scheduler.address
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def test_an_existing_cluster_gives_the_same_ranks_as_the_local_pool(tmp_path, dask_cluster):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import exact_study
+from conftest import exact_study, stop_processes
 
 import sbc
 from sbc.errors import SBCError
@@ -86,12 +86,7 @@ def tls_cluster(tmp_path_factory):
         assert address.startswith("tls://127.0.0.1:")
         yield address, cert, key
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def _ranks(folder) -> pd.DataFrame:
