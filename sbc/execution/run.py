@@ -236,7 +236,8 @@ def _execute(
     fail_fast = FailFast(len(todo), ok_before, where=str(study.path or study.name))
     flagged = next((d for d in p.backend.diagnostics if d.flag_when), None)
     counts = {"failed": 0, **({flagged.name: 0} if flagged else {})}
-    results = _results(task_of, todo, p.workers, study.parallel, tmp_root, progress)
+    max_batch = stop[1] if stop is not None else None  # --stop-early looks every stop[1]
+    results = _results(task_of, todo, p.workers, study.parallel, tmp_root, progress, max_batch)
     try:
         for batch in results:
             store.add_many(batch)  # what arrived together is one transaction
@@ -292,13 +293,21 @@ def _task_factory(p: Prepared, tmp_root: str):
     return task
 
 
-def _results(task_of, todo: list[int], workers: int, parallel: Any, tmp_root: Path, progress):
+def _results(
+    task_of,
+    todo: list[int],
+    workers: int,
+    parallel: Any,
+    tmp_root: Path,
+    progress: bool,
+    max_batch: int | None = None,
+):
     """Results in completion order, from the study's pool (none is started for no work)."""
     if not todo:
         return
     tls = parallel.tls_files()
     pool = open_pool(parallel.scheduler, workers, len(todo), tmp_root, progress, tls=tls)
-    yield from drain(pool, task_of, todo, in_flight=2 * pool.workers)
+    yield from drain(pool, task_of, todo, in_flight=2 * pool.workers, max_batch=max_batch)
 
 
 def _progress_bar(total: int, initial: int, show: bool):

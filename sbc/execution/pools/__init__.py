@@ -79,7 +79,11 @@ def check_scheduler(scheduler: str, tls: Mapping[str, Path]) -> None:
 
 
 def drain(
-    pool: Pool, task_of: Callable[[int], Task], todo: list[int], in_flight: int
+    pool: Pool,
+    task_of: Callable[[int], Task],
+    todo: list[int],
+    in_flight: int,
+    max_batch: int | None = None,
 ) -> Iterator[list[SimulationResult]]:
     """Results in completion order, in lists (what finished together: the runner stores each
     list in one transaction); a task lost with a dying worker is rerun alone before it is
@@ -91,6 +95,8 @@ def drain(
     the one that killed it. Their simulations are rerun one at a time, so an attempt is
     counted only against the simulation that was alone when its worker died. At most
     `in_flight` batches are queued, so memory stays flat however long the study.
+    `max_batch` lowers `MAX_BATCH` (`--stop-early` looks every few simulations: a batch
+    larger than that would run simulations past a stop).
     """
     from concurrent.futures import FIRST_COMPLETED, wait
 
@@ -99,7 +105,7 @@ def drain(
     attempts: dict[int, int] = {}
     queue = list(reversed(todo))
     suspects: list[int] = []  # lost with a dying worker; rerun alone
-    sizer = BatchSizer()
+    sizer = BatchSizer(max_batch)
     clean = False
 
     def submit(sims: tuple[int, ...], alone: bool = False) -> None:
@@ -159,9 +165,10 @@ class BatchSizer:
     `MAX_BATCH`, and never so many that workers would wait at the end while others work
     through the last batches."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_batch: int | None = None) -> None:
         self.seconds = 0.0
         self.count = 0
+        self.max_batch = max_batch
 
     def record(self, results: list[SimulationResult]) -> None:
         for result in results:
@@ -175,4 +182,5 @@ class BatchSizer:
             return 1
         mean = self.seconds / self.count
         wanted = int(BATCH_SECONDS / mean) if mean > 0 else MAX_BATCH
-        return max(1, min(wanted, MAX_BATCH, remaining // in_flight))
+        most = MAX_BATCH if self.max_batch is None else min(self.max_batch, MAX_BATCH)
+        return max(1, min(wanted, most, remaining // in_flight))
