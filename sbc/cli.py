@@ -96,11 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="simulations an SBC question needs: fixed-size vs sequential")
     _add_plan_arguments(p)
 
+    p = sub.add_parser("rerank", help="rank a kept-draws study again, without refitting")
+    p.add_argument("results", type=Path, help="results folder (of a study with keep_draws)")
+    p.add_argument("--derived", type=_derived, action="append", default=[],
+                   metavar="NAME=MODULE:FUNCTION",
+                   help="a derived quantity f(params, data) to add or redefine; repeatable "
+                        "('module:function' or 'file.py:function')")  # fmt: skip
+    p.add_argument("--thin-ranks", type=_positive_int, metavar="K",
+                   help="rank every K-th draw (a multiple of the kept draws' stride)")  # fmt: skip
+    p.add_argument("--from-version", type=_positive_int, metavar="N",
+                   help="the version of the ranks to start from (default: the newest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("report", help="write a self-contained HTML report of a study's results")
     p.add_argument("results", type=Path, help="results folder")
     p.add_argument("--out", type=Path, help="HTML file (default RESULTS/report.html)")
     p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
     _add_pool_argument(p)
+    _add_version_argument(p)
 
     p = sub.add_parser("check", help="verdict table; exit 0 calibrated, 1 not, 2 bad input")
     p.add_argument("results", type=Path, help="results folder")
@@ -110,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failed-share", type=_probability, metavar="X",
                    help="fail if more than this share of simulations failed")  # fmt: skip
     _add_pool_argument(p)
+    _add_version_argument(p)
 
     p = sub.add_parser("compare", help="paired comparison of two models on the same datasets")
     p.add_argument("baseline", type=Path, help="results folder or study file (runs it first)")
@@ -117,7 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_pool_argument(p)
+    _add_version_argument(p)
     return parser
+
+
+def _add_version_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ranks-version", type=_positive_int, metavar="N",
+                   help="which version of the ranks (`sbc rerank` adds versions; "
+                        "default: the newest)")  # fmt: skip
+
+
+def _derived(text: str) -> tuple[str, str]:
+    name, sep, spec = text.partition("=")
+    target, colon, func = spec.rpartition(":")
+    if not sep or not name.isidentifier() or not colon or not target or not func.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=MODULE:FUNCTION, got {text!r}")
+    if target.endswith(".py"):  # a file is named relative to where the command runs
+        spec = f"{Path(target).resolve()}:{func}"
+    return name, spec
 
 
 def _pool(text: str) -> list[str]:
@@ -292,10 +323,38 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerank(args: argparse.Namespace) -> int:
+    from sbc.execution.rerank import rerank
+    from sbc.results import load
+
+    names = [name for name, _ in args.derived]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SBCError(f"--derived: {twice[0]} is given twice")
+    before = load(args.results).rank_versions
+    version = rerank(
+        args.results,
+        derived=dict(args.derived),
+        thin_ranks=args.thin_ranks,
+        from_version=args.from_version,
+        progress=not args.quiet,
+    )
+    res = load(args.results, version)
+    info = res.version_info()
+    print(
+        f"ranks version {version} of {len(res.rank_versions)} in {res.folder}: "
+        f"{len(info.get('quantities') or [])} quantities, {res.ranks['sim'].nunique()} "
+        f"simulations, thinned by {info.get('thin')}"
+        + (" (already stored: nothing to compute)" if version in before else "")
+    )
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sbc.reports import write_report
 
-    path = write_report(args.results, out=args.out, alpha=args.alpha, pool=args.pool)
+    path = write_report(args.results, out=args.out, alpha=args.alpha, pool=args.pool,
+                        ranks_version=args.ranks_version)  # fmt: skip
     print(f"report: {path}")
     return 0
 
@@ -316,6 +375,7 @@ def _check(args: argparse.Namespace) -> int:
         max_divergent_share=args.max_divergent_share,
         max_failed_share=args.max_failed_share,
         pool=args.pool,
+        ranks_version=args.ranks_version,
     )
     cols = ["quantity", "n", "log_gamma_ratio", "p_value", "p_holm", "coverage90", "shape"]
     print(_table(outcome.verdicts[cols]))
@@ -332,9 +392,8 @@ def _check(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from sbc.checks import compare
 
-    result = compare(
-        args.baseline, args.candidate, alpha=args.alpha, pool=args.pool, progress=not args.quiet
-    )
+    result = compare(args.baseline, args.candidate, alpha=args.alpha, pool=args.pool,
+                     progress=not args.quiet, ranks_version=args.ranks_version)  # fmt: skip
     print(
         f"paired on {result.n_paired} simulated datasets: baseline {result.baseline}, "
         f"candidate {result.candidate}"
@@ -353,6 +412,7 @@ _COMMANDS = {
     "recover": _recover,
     "run": _run,
     "plan": _plan,
+    "rerank": _rerank,
     "report": _report,
     "check": _check,
     "compare": _compare,

@@ -30,13 +30,20 @@ from sbc.options import (
     no_unknown,
     parse_options,
 )
-from sbc.simulate import PythonSimulator, Simulator
+from sbc.simulate import (
+    CallableSimulator,
+    FunctionSpec,
+    PythonSimulator,
+    Simulator,
+    UserFunction,
+    describe_function,
+)
 
 
 @dataclass(frozen=True)
 class Quantities:
     include: tuple[str, ...] = ()  # variable or scalar names; empty = all with a truth
-    derived: dict[str, str] = field(default_factory=dict)  # name -> "module:function"
+    derived: dict[str, FunctionSpec] = field(default_factory=dict)  # "module:function" or object
     pool: tuple[str, ...] = ()  # variables pooled over their first index (group effects)
     trace: tuple[str, ...] = ()  # variables `sbc recover` plots; default: include's, else all
 
@@ -108,10 +115,21 @@ class Study:
             "backend": {"type": self.backend.type, "options": dict(self.backend.table)},
             "quantities": {
                 "include": list(self.quantities.include),
-                "derived": self.quantities.derived,
+                "derived": self.derived_described(),
             },
             "keep_draws": self.keep_draws,
         }
+
+    def derived_described(self) -> dict[str, str]:
+        return {k: describe_function(v) for k, v in self.quantities.derived.items()}
+
+    def fit_identity(self) -> dict[str, Any]:
+        """What changes the fits: the part of `identity` a re-ranking cannot make up for."""
+        return split_identity(self.identity())[0]
+
+    def rank_identity(self) -> dict[str, Any]:
+        """What changes only the ranks (thinning, quantities): re-ranking kept draws can."""
+        return split_identity(self.identity())[1]
 
     def describe(self) -> dict[str, Any]:
         """The study as run, for the results manifest (``manifest["study"]``)."""
@@ -125,7 +143,12 @@ class Study:
             "simulator": self.simulator.describe(),
             "sampler": self.identity()["sampler"],
             "backend": self.identity()["backend"],
-            "quantities": dataclasses.asdict(self.quantities),
+            "quantities": {
+                "include": self.quantities.include,
+                "derived": self.derived_described(),
+                "pool": self.quantities.pool,
+                "trace": self.quantities.trace,
+            },
             "parallel": {
                 k: str(v) if isinstance(v, Path) else v
                 for k, v in dataclasses.asdict(self.parallel).items()
@@ -134,8 +157,7 @@ class Study:
         }
 
     def identity_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return identity_hash(self.identity())
 
     def with_overrides(
         self,
@@ -175,6 +197,44 @@ class Study:
         if stan is not None:
             changes["stan"] = _existing_file(Path(stan), "--stan", where, suffix=".stan")
         return dataclasses.replace(self, **changes)
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The hash a results manifest records (sbc 0.1's form, so its results still resume)."""
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def split_identity(identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`Study.identity()` as (what changes the fits, what changes only the ranks).
+
+    The fits: seed, simulator, the sampler's settings but `thin`, the backend, keep_draws.
+    The ranks: `thin` and the quantities ranked (include, derived). A study that differs
+    from stored results in the second part only can be re-ranked from kept draws.
+    """
+    sampler = dict(identity["sampler"])
+    thin = sampler.pop("thin", None)
+    fits = {k: v for k, v in identity.items() if k not in ("sampler", "quantities")}
+    fits["sampler"] = sampler
+    ranks = {"thin": thin, **identity["quantities"]}
+    return fits, ranks
+
+
+def identity_from_manifest(study: dict[str, Any]) -> dict[str, Any] | None:
+    """`Study.identity()` rebuilt from a manifest's ``study`` entry (what `describe` wrote),
+    or None if the entry lacks a part; the caller checks it against the recorded hash."""
+    try:
+        q = study["quantities"]
+        return {
+            "seed": study["seed"],
+            "simulator": study["simulator"],
+            "sampler": study["sampler"],
+            "backend": study["backend"],
+            "quantities": {"include": q["include"], "derived": q["derived"]},
+            "keep_draws": study["keep_draws"],
+        }
+    except (KeyError, TypeError):
+        return None
 
 
 def available_cores() -> int:
@@ -234,18 +294,20 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
     if "function" not in sim_raw:
         raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
-    simulator = PythonSimulator(
-        function=_callable_spec(sim_raw["function"], "[simulator] function", where, base),
-        args=check_table(sim_raw.get("args", {}), "[simulator] args", where),
-    )
+    sim_args = check_table(sim_raw.get("args", {}), "[simulator] args", where)
+    simulator: Simulator
+    if callable(sim_raw["function"]):  # a function object (a notebook's): `sbc.run(simulator=f)`
+        simulator = CallableSimulator(UserFunction(sim_raw["function"]), sim_args)
+    else:
+        function = _callable_spec(sim_raw["function"], "[simulator] function", where, base)
+        simulator = PythonSimulator(function=function, args=sim_args)
 
     backend, thin = _sampler(raw.get("sampler", {}), backend, where)
     q_raw = check_table(raw.get("quantities", {}), "quantities", where)
     no_unknown(q_raw, _SECTIONS["quantities"], "quantities", where)
     derived = check_table(q_raw.get("derived", {}), "[quantities] derived", where)
-    derived = {
-        k: _callable_spec(v, f"[quantities] derived.{k}", where, base) for k, v in derived.items()
-    }
+    derived = {k: _function_spec(v, f"[quantities] derived.{k}", where, base)
+               for k, v in derived.items()}  # fmt: skip
     quantities = Quantities(
         include=check_names(q_raw.get("include", []), "[quantities] include", where),
         derived=derived,
@@ -344,6 +406,15 @@ def _callable_spec(value: Any, key: str, where: str, base: Path) -> str:
             raise SBCError(f"{key}: file not found: {file}", where=where)
         return f"{file}:{func}"
     return spec
+
+
+def _function_spec(value: Any, key: str, where: str, base: Path) -> FunctionSpec:
+    """A spec string (checked as `_callable_spec`) or a function object (a notebook's)."""
+    if isinstance(value, UserFunction):
+        return value
+    if callable(value):
+        return UserFunction(value)
+    return _callable_spec(value, key, where, base)
 
 
 def _scheduler(value: Any, key: str, where: str) -> str:

@@ -13,7 +13,7 @@ from sbc.simulate import (
     check_pool,
     check_simulator,
     check_truth_against_model,
-    load_callable,
+    resolve_function,
     scalar_quantities,
     select_quantities,
 )
@@ -45,7 +45,7 @@ def prepare(study: Study, progress: bool = True) -> Prepared:
     truth, data = check_simulator(study.simulator, study.seed, study.sims, where)
     for name, spec in study.quantities.derived.items():
         try:
-            load_callable(spec)
+            resolve_function(spec)
         except SBCError as exc:
             raise SBCError(f"[quantities] derived.{name}: {exc}", where=where) from None
     workers = study.workers()

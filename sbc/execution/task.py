@@ -24,7 +24,7 @@ from sbc.backends import Backend
 from sbc.errors import SBCError, one_line
 from sbc.ranks import derived_truth_and_draws, rank_rows
 from sbc.seeds import simulation_seeds
-from sbc.simulate import Simulator, call_simulator, load_callable
+from sbc.simulate import FunctionSpec, Simulator, call_simulator, resolve_function
 from sbc.store import SimulationResult
 
 
@@ -38,9 +38,10 @@ class Task:
     backend: Backend
     thin: int
     quantities: tuple[str, ...]
-    derived: dict[str, str]
+    derived: dict[str, FunctionSpec]
     keep_draws: bool
     tmp_root: str
+    keep_every: int | None = None  # stride of kept draws (the store's); default: thin
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ def run_simulation(task: Task, reuse_workdir: bool = False) -> SimulationResult:
         if task.derived:
             stage = "derived quantities"
             d_truth, d_draws = derived_truth_and_draws(
-                {k: load_callable(v) for k, v in task.derived.items()}, truth, draws, data
+                {k: resolve_function(v) for k, v in task.derived.items()}, truth, draws, data
             )
             truth = {**truth, **d_truth}
             draws = {**draws, **d_draws}
@@ -161,7 +162,8 @@ def run_simulation(task: Task, reuse_workdir: bool = False) -> SimulationResult:
             rng=rank_rng,
             quantities=list(task.quantities) or None,
         )
-        kept = _npz({k: v[:, :: task.thin] for k, v in draws.items()}) if task.keep_draws else None
+        every = task.keep_every or task.thin
+        kept = _npz({k: v[:, ::every] for k, v in draws.items()}) if task.keep_draws else None
         timings["rank_seconds"] = time.perf_counter() - t2
         timings["wall_seconds"] = time.perf_counter() - t0
         return SimulationResult(

@@ -47,7 +47,7 @@ def _alive(pid: int) -> bool:
 
 def test_missing_dask_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import fails as if not installed
-    with pytest.raises(SBCError, match=r"--scheduler needs dask: pip install 'sbc\[dask\]'"):
+    with pytest.raises(SBCError, match=r"--scheduler needs dask: pip install 'stan-sbc\[dask\]'"):
         sbc_dask.DaskPool("local:2", 2)
 
 

@@ -42,11 +42,15 @@ def test_same_ranks_with_one_or_two_workers_and_after_resume(tmp_path):
 def test_changed_study_is_refused_unless_new(tmp_path):
     path = exact_study(tmp_path, "changed", sims=5)
     sbc.run(path, progress=False)
-    path.write_text(path.read_text().replace("thin = 2", "thin = 5"))
-    with pytest.raises(SBCError, match="changed since these results were written"):
+    original = path.read_text()
+    path.write_text(original.replace("draws = 50", "draws = 60"))  # other fits
+    with pytest.raises(SBCError, match=r"settings that change the fits .* changed since"):
+        sbc.run(path, progress=False)
+    path.write_text(original.replace("thin = 2", "thin = 4"))  # other ranks, no draws kept
+    with pytest.raises(SBCError, match=r"thinning changed since .* kept no draws to re-rank"):
         sbc.run(path, progress=False)
     fresh = sbc.run(path, new=True, progress=False)
-    assert fresh.name == "changed-2" and len(sbc.load(fresh).simulations) == 5
+    assert fresh.folder.name == "changed-2" and len(sbc.load(fresh).simulations) == 5
 
 
 def test_failing_simulations_are_recorded_and_retried(tmp_path):
@@ -155,7 +159,7 @@ def test_cheap_simulations_go_in_batches_with_the_same_results(tmp_path, monkeyp
             executor.shutdown(wait=True)
 
     p = prepare(load_study(exact_study(tmp_path, "threads", sims=1000)), progress=False)
-    task_of = _task_factory(p, str(tmp_path))
+    task_of = _task_factory(p, str(tmp_path), keep_every=1)
     groups = list(pools.drain(Threads(), task_of, list(range(1000)), in_flight=4))
     sims = [r.sim for group in groups for r in group]
     assert sorted(sims) == list(range(1000))

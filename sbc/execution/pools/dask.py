@@ -3,7 +3,7 @@
 `DaskPool` is the runner's pool for any scheduler other than "local" (see
 `sbc.execution.pools.open_pool`): "local:N" starts a `LocalCluster` of N one-thread
 worker processes on this machine (for dask's dashboard), "tcp://..." or "tls://..."
-connects to an existing cluster. dask is an optional extra (`pip install 'sbc[dask]'`).
+connects to an existing cluster. dask is an optional extra (`pip install 'stan-sbc[dask]'`).
 
 What stays as with the default pool:
 
@@ -56,7 +56,7 @@ LOCAL_SCHEDULER_CONFIG = {
     "distributed.scheduler.allowed-failures": 0,
     "distributed.scheduler.worker-saturation": 1.0,
 }
-_NEEDS_DASK = "--scheduler needs dask: pip install 'sbc[dask]'"
+_NEEDS_DASK = "--scheduler needs dask: pip install 'stan-sbc[dask]'"
 
 
 class DaskPool:
@@ -142,10 +142,10 @@ class DaskPool:
         """Every worker present must be able to import this very sbc."""
         from importlib.metadata import PackageNotFoundError, version
 
-        from sbc import __version__
+        from sbc import DISTRIBUTION, __version__
 
         try:
-            found = self.client.run(version, "sbc")
+            found = self.client.run(version, DISTRIBUTION)
         except PackageNotFoundError:
             raise SBCError(
                 "a dask worker cannot import sbc: install this package on every worker host",
