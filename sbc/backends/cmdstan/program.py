@@ -4,9 +4,11 @@
 (cached by the hash of the Stan source and the CmdStan version and folder, in
 `~/.cache/sbc/models/<hash>/`, under a file lock), what `stanc --info` says it declares
 (its data inputs, parameters and generated quantities), its resume identity, what the
-manifest records, and how it gets ready on a dask worker host (`remote.py`). A backend
-(NUTS in `sample.py`) subclasses it and adds its settings and `fit`/`draws`/`diagnose`.
-Workers get the executable's path and never compile.
+manifest records, how it gets ready on a dask worker host (`remote.py`), a fit's data
+file and initial values, and the resume identity of CmdStan settings. A backend (NUTS in
+`sample.py`, ADVI in `variational.py`) subclasses it and adds its settings (a dataclass
+under cmdstanpy's names) and `fit`/`draws`/`diagnose`. Workers get the executable's path and
+never compile.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sbc.backends import BackendBase
+from sbc.backends import BackendBase, BackendSpec
 from sbc.errors import SBCError
 
 #: The blocks of `stanc --info` whose variables a fit produces.
@@ -51,6 +53,28 @@ class StanProgram(BackendBase):
     cmdstan: Path | None = None
     _info: dict[str, Any] | None = field(default=None, repr=False)
     needs_stan = True
+    method: ClassVar[str] = ""  # the inference method in words, for the manifest and report
+
+    @classmethod
+    def settings_identity(cls, spec: BackendSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The settings' part of the resume identity, canonical whatever their spelling.
+
+        Settings sbc 0.1 had (fields with a ``"sampler"`` name) are hashed as it hashed its
+        ``[sampler]`` table: under those names, every one with its value; every other
+        setting only when it is not at its default, under cmdstanpy's name. So a study file
+        keeps its identity when it moves from ``[sampler] warmup`` to ``[backend]
+        iter_warmup``, and settings added later change no existing identity.
+        """
+        options = spec.options
+        sampler: dict[str, Any] = {}
+        rest: dict[str, Any] = {}
+        for f in dataclasses.fields(options):
+            value = getattr(options, f.name)
+            if "sampler" in f.metadata:
+                sampler[f.metadata["sampler"]] = value
+            elif value != f.default:
+                rest[f.name] = value
+        return sampler, rest
 
     # -- once per study, in the main process ---------------------------------------------------
     def prepare(self, progress: bool = True) -> None:
@@ -82,8 +106,11 @@ class StanProgram(BackendBase):
     def describe(self) -> dict[str, Any]:
         from sbc.backends.cmdstan.install import cmdstan_version
 
+        settings = getattr(self, "settings", None)
         return {
             "type": self.name,
+            "method": self.method,
+            "settings": dataclasses.asdict(settings) if settings is not None else {},
             "stan_file": str(self.stan_file),
             "exe_file": str(self.exe_file),
             "cmdstan": str(self.cmdstan),
@@ -192,6 +219,45 @@ class StanProgram(BackendBase):
             except SBCError as exc:
                 raise SBCError(f"{name} rejects the simulator's first truth: {exc}",
                                where=where) from None  # fmt: skip
+
+    @staticmethod
+    def write_data(data: Mapping[str, Any], workdir: Path) -> Path:
+        """The fit's data as CmdStan JSON in its scratch folder."""
+        import cmdstanpy
+
+        data_file = workdir / "data.json"
+        cmdstanpy.write_stan_json(str(data_file), data)
+        return data_file
+
+
+def initial_values(
+    inits: float | str | None, seed: int, data: Mapping[str, Any], chains: int
+) -> float | dict[str, Any] | list[dict[str, Any]] | None:
+    """cmdstanpy's ``inits`` of one fit from a setting ``inits``.
+
+    None (CmdStan's default, uniform on (-2, 2) on the unconstrained scale) and a number x
+    (uniform on (-x, x)) pass through. A 'module:function' or 'file.py:function' spec is
+    called as ``inits(rng, data)`` once per chain, with the rng `sbc.seeds.inits_rng(seed)`
+    (a function of the study seed and the simulation index, like every random number of a
+    simulation), and must return a dict of parameter values; one chain gets a dict.
+    """
+    if inits is None or isinstance(inits, int | float):
+        return inits
+    from sbc.seeds import inits_rng
+    from sbc.simulate import load_callable
+
+    function = load_callable(inits)
+    rng = inits_rng(seed)
+    values = []
+    for _ in range(chains):
+        value = function(rng, data)
+        if not isinstance(value, Mapping):
+            raise SBCError(
+                f"inits {inits}: returned {type(value).__name__}, expected a dict of "
+                "parameter values"
+            )
+        values.append(dict(value))
+    return values[0] if chains == 1 else values
 
 
 def compile_program(stan_file: Path, progress: bool) -> tuple[Path, Path, dict[str, Any]]:
