@@ -148,7 +148,7 @@ def _simulator(manifest: dict[str, Any], given: Simulator | None, where: str) ->
     """The simulator that made these results: the one given, or rebuilt from the manifest;
     refused if its code is not the code the results were made with."""
     described = (manifest.get("study") or {}).get("simulator") or {}
-    if given is None and "stan" in described:
+    if "stan" in described:  # its datasets would need CmdStan again: not supported (yet)
         raise SBCError(
             f"these results were simulated by a Stan program ({Path(described['stan']).name}): "
             "re-ranking them is not supported; run the study again with --new",

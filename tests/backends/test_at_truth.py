@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 from sbc.backends.cmdstan.at_truth import write_json
-from sbc.backends.cmdstan.sample import CmdStanBackend, SampleSettings
+from sbc.backends.cmdstan.sample import CmdStanBackend, NutsSettings
 from sbc.errors import SBCError
 from sbc.simulate import load_callable
 from sbc.simulators import lmm
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.stan
 
 
 def _prepared(program: str, draws: int) -> CmdStanBackend:
-    settings = SampleSettings(chains=1, warmup=150, draws=draws)
+    settings = NutsSettings(chains=1, iter_warmup=150, iter_sampling=draws)
     backend = CmdStanBackend(stan_file=ROOT / "stan" / program, settings=settings)
     backend.prepare(progress=False)
     return backend

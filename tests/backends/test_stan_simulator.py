@@ -14,6 +14,7 @@ from scipy import stats
 import sbc
 from sbc.analysis.uniformity import holm
 from sbc.backends.cmdstan.simulator import StanSimulator
+from sbc.errors import SBCError
 from sbc.seeds import simulation_seeds
 from sbc.simulate import call_simulator
 from sbc.simulators import lmm
@@ -118,7 +119,10 @@ def test_a_study_with_simulator_and_quantities_in_stan(tmp_path, cmdstan):
     """log_lik_sum from Stan ranks as the Python loglik does on the same fits."""
     text = STUDY.read_text().replace('"../stan/', f'"{ROOT}/stan/')
     text = text.replace('args = "lmm_design.json"', f'args = "{STUDIES}/lmm_design.json"')
-    text = text.replace("warmup = 250", "warmup = 100").replace("draws = 500", "draws = 100")
+    for old, new in (("iter_warmup = 250", "iter_warmup = 100"),
+                     ("iter_sampling = 500", "iter_sampling = 100")):  # fmt: skip
+        assert old in text, f"{STUDY.name} no longer says {old!r}: follow it here"
+        text = text.replace(old, new)
     path = tmp_path / "study.toml"
     path.write_text(text)
     study = load_study(path).with_overrides(sims=3, out=tmp_path / "out")
@@ -128,3 +132,9 @@ def test_a_study_with_simulator_and_quantities_in_stan(tmp_path, cmdstan):
     assert (ranks["log_lik_sum"] == ranks["loglik"]).all()
     truths = sbc.load(folder).ranks.pivot(index="sim", columns="quantity", values="truth")
     assert np.allclose(truths["log_lik_sum"], truths["loglik"], rtol=0, atol=1e-8)
+    # the ranks' identity holds [quantities] stan: more simulations resume version 1
+    sbc.run(study.with_overrides(sims=4), workers=1, progress=False)
+    stored = sbc.load(folder)
+    assert stored.ranks_version == 1 and sorted(stored.ranks["sim"].unique()) == [0, 1, 2, 3]
+    with pytest.raises(SBCError, match=r"simulated by a Stan program \(lmm_simulator\.stan\)"):
+        sbc.rerank(folder, thin_ranks=20, progress=False)
