@@ -71,12 +71,14 @@ def test_log_lik_sum_agrees_with_the_python_loglik_to_1e_8(centred, tmp_path):
     and at the truth (a fixed_param draw started there)."""
     truth, data = lmm.simulate(np.random.default_rng(5), groups=6)
     fit = centred.fit(data, 7, tmp_path)
+    draws = {k: fit.stan_variable(k) for k in ("beta", "sigma", "b")}
+    # Its own folder: CmdStan names output files by the second, and a generate_quantities
+    # CSV written beside the fit's within the same second would overwrite it.
     gq = centred.model().generate_quantities(
         data=str(tmp_path / "data.json"), previous_fit=fit, sig_figs=18,
-        gq_output_dir=str(tmp_path),
+        gq_output_dir=str(tmp_path / "gq"),
     )  # fmt: skip
     stan_values = gq.stan_variable("log_lik_sum")
-    draws = {k: fit.stan_variable(k) for k in ("beta", "sigma", "b")}
     assert np.max(np.abs(stan_values - lmm.loglik(draws, data))) < 1e-8
     at_truth = centred.quantities_at_truth(truth, data, ["log_lik_sum"], tmp_path)
     assert abs(float(at_truth["log_lik_sum"]) - float(lmm.loglik(truth, data))) < 1e-8

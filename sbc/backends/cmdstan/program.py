@@ -180,6 +180,10 @@ class StanProgram(BackendBase):
                     f"(its generated quantities: {', '.join(sorted(known)) or 'none'}; or lp__)"
                 )
         inits = self.point(truth, "evaluating them at the truth")
+        # A folder of its own: CmdStan names its CSV files by the second, so a run here within
+        # the fit's second would overwrite the fit's files, which continuing a chain reads.
+        workdir = workdir / "at_truth"
+        workdir.mkdir(exist_ok=True)
         data_file = write_json(workdir / "truth_data.json", data)
         out: dict[str, np.ndarray] = {}
         if any(n != "lp__" for n in names):
