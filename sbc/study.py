@@ -49,6 +49,7 @@ from sbc.simulate import (
     UserFunction,
     describe_function,
 )
+from sbc.thinning import AutoThinning
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,9 @@ class Study:
     seed: int
     simulator: Simulator
     backend: BackendSpec = field(default_factory=BackendSpec)
-    thin_ranks: int = 10  # every thin_ranks-th draw of each chain is ranked (generic)
+    thin_ranks: int | str = 10  # every thin_ranks-th draw of each chain is ranked, or "auto"
+    #: the settings of thin_ranks = "auto" (``[thin_ranks_auto]``), None otherwise
+    auto_thinning: AutoThinning | None = None
     quantities: Quantities = Quantities()
     parallel: Parallel = Parallel()
     out: Path | None = None
@@ -85,7 +88,7 @@ class Study:
     settings: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def thin(self) -> int:
+    def thin(self) -> int | str:
         """sbc 0.1's name of `thin_ranks`."""
         return self.thin_ranks
 
@@ -113,9 +116,14 @@ class Study:
         ``[sampler]`` settings (for CmdStan under their sbc 0.1 names, whatever spelling
         the file uses) and ``thin`` (= `thin_ranks`), ``backend`` the type and the other
         settings (the backend's `settings_identity`). What only the analysis reads
-        (`pool`, `trace`) is not part of it.
+        (`pool`, `trace`) is not part of it. ``thin_ranks = "auto"`` adds its settings
+        (they change the fits: chains are continued to reach them); without it the
+        identity is what it always was.
         """
         sampler, options = _settings_identity(self.backend)
+        auto = {}
+        if self.auto_thinning is not None:
+            auto = {"thin_ranks_auto": dataclasses.asdict(self.auto_thinning)}
         return {
             "seed": self.seed,
             "simulator": self.simulator.describe(),
@@ -126,6 +134,7 @@ class Study:
                 "derived": self.derived_described(),
             },
             "keep_draws": self.keep_draws,
+            **auto,
         }
 
     def derived_described(self) -> dict[str, str]:
@@ -159,6 +168,7 @@ class Study:
             },
             "parallel": dataclasses.asdict(self.parallel),
             "keep_draws": self.keep_draws,
+            **{k: v for k, v in self.identity().items() if k == "thin_ranks_auto"},
         }
 
     def identity_hash(self) -> str:
@@ -211,10 +221,12 @@ class Study:
                 where="command line",
             )
         where = str(self.path) if self.path else "study"
-        spec, needs_stan, thin = _settings(self.settings, where, self.base_dir, choose=backend)
+        spec, needs_stan, thin, auto = _settings(
+            self.settings, where, self.base_dir, choose=backend
+        )
         if needs_stan and self.stan is None:
             raise SBCError(f"stan: missing (backend {backend} fits a Stan program)", where=where)
-        changes: dict[str, Any] = {"backend": spec, "thin_ranks": thin}
+        changes: dict[str, Any] = {"backend": spec, "thin_ranks": thin, "auto_thinning": auto}
         if rename:
             changes["name"] = f"{self.name}-{backend}"
         return changes
@@ -253,6 +265,7 @@ def identity_from_manifest(study: dict[str, Any]) -> dict[str, Any] | None:
             "backend": study["backend"],
             "quantities": {"include": q["include"], "derived": q["derived"]},
             "keep_draws": study["keep_draws"],
+            **{k: v for k, v in study.items() if k == "thin_ranks_auto"},
         }
     except (KeyError, TypeError):
         return None
@@ -269,8 +282,10 @@ def available_cores() -> int:
 
 _TOP = {
     "name", "description", "stan", "sims", "seed", "keep_draws", "out", "thin_ranks",
-    "simulator", "sampler", "backend", "quantities", "parallel",
+    "thin_ranks_auto", "simulator", "sampler", "backend", "quantities", "parallel",
 }  # fmt: skip
+#: What a study says about how it is fitted and thinned (`Study.settings`).
+_SETTINGS = ("backend", "sampler", "thin_ranks", "thin_ranks_auto")
 _SECTIONS: dict[str, set[str]] = {
     "simulator": {"function", "args"},
     "quantities": {"include", "derived", "pool", "trace"},
@@ -303,8 +318,8 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     if not name or "/" in name or name.startswith("."):
         raise SBCError(f"name: must be a plain folder name, got {name!r}", where=where)
 
-    settings = {k: raw[k] for k in ("backend", "sampler", "thin_ranks") if k in raw}
-    backend, needs_stan, thin_ranks = _settings(settings, where, base)
+    settings = {k: raw[k] for k in _SETTINGS if k in raw}
+    backend, needs_stan, thin_ranks, auto_thinning = _settings(settings, where, base)
     stan = None
     if "stan" in raw:
         stan = _existing_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
@@ -350,6 +365,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         simulator=simulator,
         backend=backend,
         thin_ranks=thin_ranks,
+        auto_thinning=auto_thinning,
         quantities=quantities,
         parallel=parallel,
         out=(base / check_str(out, "out", where)) if out is not None else None,
@@ -361,11 +377,12 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
 
 def _settings(
     raw: Mapping[str, Any], where: str, base: Path, choose: str | None = None
-) -> tuple[BackendSpec, bool, int]:
+) -> tuple[BackendSpec, bool, int | str, AutoThinning | None]:
     """The settings of the method a study runs: (its spec, whether it needs a Stan program,
-    thin_ranks). `raw` holds ``[backend]``, ``[sampler]`` and `thin_ranks` as written;
-    `choose` runs another backend than ``[backend] type``. Every method's table is checked,
-    the ones not run too, so a typo never waits for the day its method runs."""
+    thin_ranks, the settings of thin_ranks = "auto" or None). `raw` holds ``[backend]``,
+    ``[sampler]``, `thin_ranks` and ``[thin_ranks_auto]`` as written; `choose` runs another
+    backend than ``[backend] type``. Every method's table is checked, the ones not run too,
+    so a typo never waits for the day its method runs."""
     table = dict(check_table(raw.get("backend", {}), "backend", where))
     own = check_str(table.pop("type", "cmdstan"), "[backend] type", where)
     backend_class(own, where)
@@ -387,17 +404,21 @@ def _settings(
     tables.setdefault(own, Written("backend", table))
     sampler = dict(check_table(raw.get("sampler", {}), "sampler", where))
     chosen = choose or own
+    thin_ranks, label = _thin_ranks(raw.get("thin_ranks"), sampler.get("thin"), where)
+    auto = _auto_thinning(raw.get("thin_ranks_auto"), thin_ranks, where)
     specs = {name: _spec(name, t, sampler if name == own else None, where, base)
              for name, t in tables.items()}  # fmt: skip
     spec = specs.get(chosen) or _spec(chosen, Written(f"backend.{chosen}", {}), None, where, base)
-    thin_ranks, label = _thin_ranks(raw.get("thin_ranks"), sampler.get("thin"), where)
     draws = _draws_per_chain(spec)
-    if draws is not None and thin_ranks > draws[0]:
+    if auto is not None:
+        spec = dataclasses.replace(spec, extend_chains=True)
+        _check_auto(spec, auto, draws, where)
+    elif draws is not None and thin_ranks > draws[0]:
         raise SBCError(
             f"{label}: {thin_ranks} is more than {draws[1]} ({draws[0]}); no draws would be left",
             where,
         )
-    return spec, bool(backend_class(chosen, where).needs_stan), thin_ranks
+    return spec, bool(backend_class(chosen, where).needs_stan), thin_ranks, auto
 
 
 def _spec(
@@ -458,15 +479,72 @@ def _keys(backend: str) -> set[str]:
         return set()
 
 
-def _thin_ranks(value: Any, sampler_thin: Any, where: str) -> tuple[int, str]:
-    """`thin_ranks` (R SBC's name) or ``[sampler] thin`` (sbc 0.1's), and which was written.
-    (The one place to read its value: issue 18 adds "auto" here.)"""
+def _thin_ranks(value: Any, sampler_thin: Any, where: str) -> tuple[int | str, str]:
+    """`thin_ranks` (R SBC's name: a stride, or "auto") or ``[sampler] thin`` (sbc 0.1's),
+    and which was written. (The one place its value is read.)"""
     if value is not None and sampler_thin is not None:
         raise SBCError("thin_ranks: also given as [sampler] thin (its old name); give it once",
                        where=where)  # fmt: skip
     if sampler_thin is not None:
         return check_int(sampler_thin, "[sampler] thin", where, minimum=1), "[sampler] thin"
+    if value == "auto":
+        return "auto", "thin_ranks"
+    if isinstance(value, str):
+        raise SBCError(f'thin_ranks: expected an integer >= 1 or "auto", got {value!r}', where)
     return check_int(10 if value is None else value, "thin_ranks", where, minimum=1), "thin_ranks"
+
+
+def _auto_thinning(value: Any, thin_ranks: int | str, where: str) -> AutoThinning | None:
+    """``[thin_ranks_auto]`` (defaults when absent) if thin_ranks is "auto", else None."""
+    if thin_ranks != "auto":
+        if value is not None:
+            raise SBCError('[thin_ranks_auto]: needs thin_ranks = "auto"', where=where)
+        return None
+    table = check_table({} if value is None else value, "thin_ranks_auto", where)
+    return parse_options(AutoThinning, table, "thin_ranks_auto", where)
+
+
+def _check_auto(
+    spec: BackendSpec, auto: AutoThinning, draws: tuple[int, str] | None, where: str
+) -> None:
+    """What thin_ranks = "auto" needs of the method: chains it can continue, every draw
+    written at full precision, and enough draws per chain for L."""
+    cls = backend_class(spec.type, where)
+    if not callable(getattr(cls, "extend", None)):
+        raise SBCError(
+            f'thin_ranks: "auto" thins by the chains\' effective sample size and continues '
+            f"short chains; backend {spec.type} has no chains to continue (independent draws "
+            "need no thinning: set thin_ranks = 1 and the number of draws to L)",
+            where=where,
+        )
+    options = spec.options
+    if getattr(options, "thin", 1) != 1:
+        raise SBCError(
+            '[backend] thin: must be 1 with thin_ranks = "auto" (auto thinning chooses the '
+            "stride, and continues each chain from its last draw)",
+            where=where,
+        )
+    if getattr(options, "sig_figs", None) is not None:
+        raise SBCError(
+            '[backend] sig_figs: leave it unset with thin_ranks = "auto" (chains are '
+            "continued from their last draw, which CmdStan then writes at full precision)",
+            where=where,
+        )
+    if draws is None:
+        return
+    keep = auto.per_chain(int(getattr(options, "chains", 1)))
+    if draws[0] < keep:
+        raise SBCError(
+            f"[thin_ranks_auto] L: {auto.L} needs {keep} draws per chain; {draws[1]} is "
+            f"{draws[0]}",
+            where=where,
+        )
+    if auto.max_draws < draws[0]:
+        raise SBCError(
+            f"[thin_ranks_auto] max_draws: {auto.max_draws} is less than {draws[1]} "
+            f"({draws[0]})",
+            where=where,
+        )
 
 
 def _draws_per_chain(spec: BackendSpec) -> tuple[int, str] | None:

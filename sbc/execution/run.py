@@ -32,6 +32,7 @@ from sbc.execution.task import Task
 from sbc.results import version_info
 from sbc.store import RANK_VERSIONS, Store
 from sbc.study import Study, identity_from_manifest, identity_hash, load_study, split_identity
+from sbc.thinning import DIAGNOSTICS as AUTO_DIAGNOSTICS
 
 
 def run(
@@ -73,7 +74,7 @@ def run(
             folder = _fresh_folder(folder)
         Store.check_writable(folder)
         with results_lock(folder), store_errors(folder):
-            store = Store.open_for_writing(folder, p.backend.diagnostics)
+            store = Store.open_for_writing(folder, _columns(p))
             try:
                 version = _resume_version(store, p, progress)
                 _record_manifest(store, p, version)
@@ -81,6 +82,12 @@ def run(
                 return _execute(p, store, folder, retry_failed, progress, stop, version)
             finally:
                 store.close()
+
+
+def _columns(p: Prepared) -> tuple:
+    """The store's columns: the backend's diagnostics, and auto thinning's if it thins so."""
+    auto = AUTO_DIAGNOSTICS if p.study.auto_thinning is not None else ()
+    return (*p.backend.diagnostics, *auto)
 
 
 def _fresh_folder(folder: Path) -> Path:
@@ -325,14 +332,15 @@ class _VersionOf:
         return self.store.simulations()
 
 
-def _kept_stride(store: Store, thin: int) -> int:
+def _kept_stride(store: Store, thin: int | str) -> int | None:
     """Kept draws are every k-th draw, k the thinning of the ranks' version 1, whatever
-    version a run writes: one stride for the whole store, so any re-ranking can use them."""
-    kept = version_info(store.manifest(), 1).get("thin")
-    return int(kept) if kept else thin
+    version a run writes: one stride for the whole store, so any re-ranking can use them.
+    (None with thin_ranks = "auto": a fit keeps the draws it ranked.)"""
+    kept = version_info(store.manifest(), 1).get("thin") or thin
+    return None if kept == "auto" else int(kept)
 
 
-def _task_factory(p: Prepared, tmp_root: str, keep_every: int):
+def _task_factory(p: Prepared, tmp_root: str, keep_every: int | None):
     study = p.study
 
     def task(sim: int) -> Task:
@@ -347,6 +355,7 @@ def _task_factory(p: Prepared, tmp_root: str, keep_every: int):
             keep_draws=study.keep_draws,
             tmp_root=tmp_root,
             keep_every=keep_every,
+            auto=study.auto_thinning,
         )
 
     return task
