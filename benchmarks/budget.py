@@ -264,9 +264,11 @@ def replay_main(args, sims: int, work: Path) -> int:
     chains_of: dict[tuple[int, int], list] = {}
     for chains, warmup in configs:
         study = setting_study(work, f"long{chains}x{warmup}", f"{chains}x{warmup}+100/1", sims)
-        folder = cache / f"{chains}x{warmup}+{args.replay_draws}"
-        print(f"  long fits {chains} x ({warmup} + {args.replay_draws}): {folder}", flush=True)
-        chains_of[(chains, warmup)] = collect(study, sims, args.replay_draws, args.workers, folder)
+        # as many draws in all as 2 chains of --replay-draws (1 chain: as many per chain)
+        draws = args.replay_draws * 2 // max(chains, 2)
+        folder = cache / f"{chains}x{warmup}+{draws}"
+        print(f"  long fits {chains} x ({warmup} + {draws}): {folder}", flush=True)
+        chains_of[(chains, warmup)] = collect(study, sims, draws, args.workers, folder)
     rows = []
     for text, s in settings.items():
         fits = chains_of[(s["chains"], s["warmup"])]

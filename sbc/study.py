@@ -513,8 +513,8 @@ def _check_auto(
     if not callable(getattr(cls, "extend", None)):
         raise SBCError(
             f'thin_ranks: "auto" thins by the chains\' effective sample size and continues '
-            f"short chains; backend {spec.type} has no chains to continue (independent draws "
-            "need no thinning: set thin_ranks = 1 and the number of draws to L)",
+            f"short chains; backend {spec.type} has no chains to continue (its draws are "
+            "independent: set thin_ranks = 1 and its number of draws to L)",
             where=where,
         )
     options = spec.options

@@ -13,9 +13,9 @@ planned sampling:
   warm-up: the backend's `extend`) by about the draws that ESS says are missing, and it
   looks again; never beyond ``max_draws`` per chain;
 * it then keeps exactly ``ceil(L / chains)`` draws per chain, as far apart as the chain
-  allows (the largest stride; the first few draws, nearest the warm-up, are the ones left
-  over), so every fit of a study has the same L and no draw is ever discarded to make a
-  fit reach the target.
+  allows (the largest stride, ending at the last draw; the first few, nearest the warm-up,
+  are the ones left over), so every fit of a study has the same L, and reaching the
+  target never needs a draw discarded.
 
 Pure functions of ESS values: the caller computes them (`sbc.backends.convergence`).
 """
@@ -106,7 +106,7 @@ def plan_thinning(
         extend = min(room, max(needed, math.ceil(draws * min_growth), 1))
         return Thinning(every=0, start=0, extend=extend, ess=ess)
     every = draws // keep
-    return Thinning(every=every, start=draws - keep * every, extend=0, ess=ess)
+    return Thinning(every=every, start=draws - 1 - (keep - 1) * every, extend=0, ess=ess)
 
 
 def kept(draws: np.ndarray, thinning: Thinning) -> np.ndarray:
