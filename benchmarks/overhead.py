@@ -122,7 +122,7 @@ def per_sim_stages(run: Run, own: pd.DataFrame) -> dict[str, float]:
         "read_draws": tr.total("CmdStanBackend.draws"),
         "diagnostics": tr.total("CmdStanBackend.diagnose"),
         "ranks": tr.total("rank_rows") + tr.total("derived_truth_and_draws"),
-        "store_commit": tr.total("Store.add"),
+        "store_commit": tr.total("Store.add") + tr.total("Store.add_many"),
     }
     if len(sims):  # the runner
         inner = (

@@ -236,7 +236,7 @@ def run(
     study, `backend="NAME"` runs that inference method on the same datasets instead of the
     study's own (as ``sbc run --backend NAME``): its settings from the file's
     ``[backend.NAME]``, its results in ``results/<name>-NAME``.
-    `options`: workers, scheduler, retry_failed, new, stop_early, alpha, look_every.
+    `options`: workers, scheduler, tls, retry_failed, new, stop_early, alpha, look_every.
     """
     from sbc.errors import SBCError
     from sbc.execution.run import run as run_study

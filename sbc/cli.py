@@ -1,7 +1,9 @@
 """The `sbc` command: a thin layer over the Python API.
 
 Exit codes: 0 success (and "calibrated" for check), 1 a check or comparison
-failed, 2 bad input (one line on stderr, never a traceback), 130 interrupted.
+failed (for run: every simulation failed, or --stop-early stopped the study), 2 bad input
+(one line on stderr, never a traceback; for run also a study whose first simulations all
+failed the same way), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -74,7 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, help="parallel worker processes")
     p.add_argument("--seed", type=_seed, help="master seed")
     p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
-    p.add_argument("--scheduler", help="'local' (default), 'local:N' or tcp://host:port (dask)")
+    p.add_argument(
+        "--scheduler",
+        help="'local' (default), 'local:N', tcp://host:port or tls://host:port (dask)",
+    )
+    p.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate(s) for a tls:// scheduler")
+    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate (tls://)")
+    p.add_argument("--tls-key", metavar="PEM",
+                   help="this client's private key (tls://), if not in --tls-cert")  # fmt: skip
     _add_backend_argument(p)
     p.add_argument("--retry-failed", action="store_true", help="rerun failed simulations")
     p.add_argument("--new", action="store_true", help="start over in a new results folder")
@@ -282,6 +291,7 @@ def _run(args: argparse.Namespace) -> int:
         stop_early=args.stop_early,
         alpha=args.alpha,
         look_every=args.look_every,
+        tls={"tls_ca_file": args.tls_ca_file, "tls_cert": args.tls_cert, "tls_key": args.tls_key},
     )
     from sbc.results import load
 
@@ -289,6 +299,11 @@ def _run(args: argparse.Namespace) -> int:
     sims = res.simulations
     failed = int((sims["status"] == "failed").sum())
     print(f"{len(sims)} simulations stored in {folder} ({failed} failed)")
+    if len(sims) and failed == len(sims):  # nothing to analyse: say so in the exit code
+        from sbc.execution.failfast import most_common_reason
+
+        print(f"every simulation failed (most often: {most_common_reason(sims['error'])})")
+        return 1
     stopped = res.manifest.get("stopped_early")
     if args.stop_early and stopped:
         from sbc.analysis.sequential import Rejection

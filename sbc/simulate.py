@@ -286,8 +286,9 @@ def _json(data: Mapping[str, Any]) -> str:
 
 def check_simulator(
     simulator: Simulator, seed: int, sims: int, where: str, tries: int = 5
-) -> dict[str, np.ndarray]:
-    """The simulator can be called, uses only its rng and returns numeric truths: its truth.
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The simulator can be called, uses only its rng and returns numeric truths: its first
+    (truth, data).
 
     A simulator may fail for a few seeds (recorded per simulation later), so the study is
     refused only if it fails on each of the first `tries` simulations.
@@ -297,7 +298,7 @@ def check_simulator(
     for i in range(min(tries, sims)):
         try:
             check_deterministic(simulator, seed + i)
-            return call_simulator(simulator, simulation_seeds(seed, i)[0])[0]
+            return call_simulator(simulator, simulation_seeds(seed, i)[0])
         except SBCError as exc:
             raise SBCError(f"{simulator.key}: {exc}", where=where) from None
         except Exception as exc:  # the user's code failed; try the next seed
@@ -325,6 +326,35 @@ def check_truth_against_model(
             raise SBCError(
                 f"truth {name!r} has {np.ndim(value)} dimensions but the model's {name} "
                 f"has {produced[name]}",
+                where=where,
+            )
+
+
+def check_data_against_program(
+    data: Mapping[str, Any], inputs: Mapping[str, int], model: str, where: str
+) -> None:
+    """The simulator's data has every input the program's data block declares, each with as
+    many dimensions (`stanc --info`): otherwise every fit would fail, one by one.
+
+    Sizes are not checked (they are expressions of other data); extra entries are allowed
+    (CmdStan ignores them). A value whose dimensions numpy cannot tell (a ragged list) is
+    left for CmdStan to judge.
+    """
+    missing = [name for name in inputs if name not in data]
+    if missing:
+        raise SBCError(
+            f"the simulator's data lacks {', '.join(map(repr, missing))}, which {model} "
+            f"declares in its data block (it declares: {', '.join(inputs)})",
+            where=where,
+        )
+    for name, declared in inputs.items():
+        try:
+            given = np.ndim(data[name])
+        except (TypeError, ValueError):
+            continue
+        if given != declared:
+            raise SBCError(
+                f"data {name!r} has {given} dimensions but {model} declares {name} with {declared}",
                 where=where,
             )
 

@@ -1,8 +1,9 @@
 """The results store: one SQLite file per study, append-only and resumable.
 
-Only the runner's main process writes; each finished simulation is one
-transaction (its `simulations` row, its `ranks` rows and, if asked, its kept
-draws), so a killed runner leaves either all of a simulation or none of it.
+Only the runner's main process writes; finished simulations are committed in
+transactions of one or more whole simulations (each with its `simulations` row,
+its `ranks` rows and, if asked, its kept draws), so a killed runner leaves either
+all of a simulation or none of it.
 WAL mode lets `sbc report` and `sbc check` read while a study runs.
 
 Ranks come in versions. Version 1 is the `ranks` table (every store has it; sbc 0.1's
@@ -244,37 +245,50 @@ class Store:
         return {r[0] for r in self.con.execute(f"SELECT sim FROM simulations{where}")}
 
     def add(self, result: SimulationResult, ranks_version: int = 1) -> None:
-        """Commit one simulation, replacing an earlier failed attempt at it; its ranks go
-        to `ranks_version` (the version whose settings the running study has).
+        """Commit one simulation, replacing an earlier failed attempt at it."""
+        self.add_many([result], ranks_version)
+
+    def add_many(self, results: Sequence[SimulationResult], ranks_version: int = 1) -> None:
+        """Commit several simulations in one transaction (a group commit): each is stored
+        whole or not at all, and so are they together; an earlier failed attempt at one of
+        them is replaced; their ranks go to `ranks_version` (the version whose settings the
+        running study has). One transaction costs one sync of the file, whatever it holds,
+        so a runner that receives many cheap simulations at once stores them together.
 
         A diagnostic the backend did not declare is refused, never dropped: it is a bug in
         the backend (`Backend.diagnostics` lists every key its `diagnose` returns).
         """
         known = [d.name for d in self.columns]
-        undeclared = sorted(set(result.diagnostics) - set(known))
-        if undeclared:
-            raise SBCError(
-                f"simulation {result.sim}: the backend returned diagnostics it does not declare: "
-                f"{', '.join(undeclared)} (a bug in the backend: declare them in its "
-                f"`diagnostics`; declared: {', '.join(known)})",
-                where=str(self.path),
-            )
+        for result in results:
+            undeclared = sorted(set(result.diagnostics) - set(known))
+            if undeclared:
+                raise SBCError(
+                    f"simulation {result.sim}: the backend returned diagnostics it does not "
+                    f"declare: {', '.join(undeclared)} (a bug in the backend: declare them in "
+                    f"its `diagnostics`; declared: {', '.join(known)})",
+                    where=str(self.path),
+                )
         sim_cols = [*BASE_COLUMNS, *known]
-        values = [result.sim, result.status, result.seed, result.error]
-        values += [_sql_value(result.diagnostics.get(c)) for c in known]
-        table, rank_cols, rank_rows = _rank_rows(ranks_version, result.sim, result.ranks)
+        sim_rows = [
+            [r.sim, r.status, r.seed, r.error, *(_sql_value(r.diagnostics.get(c)) for c in known)]
+            for r in results
+        ]
+        table, rank_cols, rank_rows = _rank_rows(ranks_version, 0, [])
+        for r in results:
+            rank_rows += _rank_rows(ranks_version, r.sim, r.ranks)[2]
+        draws = [(r.sim, r.draws_npz) for r in results if r.draws_npz is not None]
         with self._transaction():
-            self.con.execute("DELETE FROM simulations WHERE sim = ?", (result.sim,))
-            self.con.execute(
+            self.con.executemany(
+                "DELETE FROM simulations WHERE sim = ?", [(r.sim,) for r in results]
+            )
+            self.con.executemany(
                 f"INSERT INTO simulations({', '.join(_quoted(sim_cols))}) "
                 f"VALUES ({', '.join('?' * len(sim_cols))})",
-                values,
+                sim_rows,
             )
             self.con.executemany(_insert(table, rank_cols), rank_rows)
-            if result.draws_npz is not None:
-                self.con.execute(
-                    "INSERT INTO draws(sim, npz) VALUES (?, ?)", (result.sim, result.draws_npz)
-                )
+            if draws:
+                self.con.executemany("INSERT INTO draws(sim, npz) VALUES (?, ?)", draws)
 
     def add_rank_version(
         self, version: int, ranks: Mapping[int, Sequence[Mapping[str, Any]]], info: Mapping

@@ -63,7 +63,18 @@ class Quantities:
 @dataclass(frozen=True)
 class Parallel:
     workers: int = 0  # 0 = one per core
-    scheduler: str = "local"  # "local" (joblib/loky), "local:N" or "tcp://host:port" (dask)
+    scheduler: str = "local"  # "local" (joblib/loky), "local:N", "tcp://..." or "tls://..."
+    # for a tls:// scheduler (PEM files, as `dask scheduler --tls-*` takes them); unset: dask's
+    # own config (distributed.comm.tls.ca-file, .client.cert, .client.key)
+    tls_ca_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def tls_files(self) -> dict[str, Path]:
+        """The TLS files given, by `dask.distributed.Security`'s names."""
+        named = {"tls_ca_file": self.tls_ca_file, "tls_client_cert": self.tls_cert,
+                 "tls_client_key": self.tls_key}  # fmt: skip
+        return {k: v for k, v in named.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,10 @@ class Study:
                 "pool": self.quantities.pool,
                 "trace": self.quantities.trace,
             },
-            "parallel": dataclasses.asdict(self.parallel),
+            "parallel": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in dataclasses.asdict(self.parallel).items()
+            },
             "keep_draws": self.keep_draws,
             **{k: v for k, v in self.identity().items() if k == "thin_ranks_auto"},
         }
@@ -184,12 +198,14 @@ class Study:
         out: Path | str | None = None,
         stan: Path | str | None = None,
         backend: str | None = None,
+        tls: Mapping[str, Path | str | None] | None = None,
     ) -> Study:
         """The study with command-line overrides applied and checked like file values.
 
         `backend` runs another method on the same datasets, with the settings the file
         gives it in ``[backend.<name>]`` (else its defaults); its results go to
-        ``results/<name>-<backend>`` unless `out` says otherwise."""
+        ``results/<name>-<backend>`` unless `out` says otherwise. `tls`: `Parallel`'s TLS
+        fields (tls_ca_file, tls_cert, tls_key) to replace."""
         where = "command line"
         changes: dict[str, Any] = {}
         if backend is not None and backend != self.backend.type:
@@ -198,15 +214,19 @@ class Study:
             changes["sims"] = check_int(sims, "--sims", where, minimum=1)
         if seed is not None:
             changes["seed"] = check_int(seed, "--seed", where, minimum=0)
-        if workers is not None or scheduler is not None:
-            changes["parallel"] = Parallel(
-                workers=self.parallel.workers
-                if workers is None
-                else check_int(workers, "--workers", where, minimum=1),
-                scheduler=self.parallel.scheduler
-                if scheduler is None
-                else _scheduler(scheduler, "--scheduler", where),
-            )
+        parallel: dict[str, Any] = {}
+        if workers is not None:
+            parallel["workers"] = check_int(workers, "--workers", where, minimum=1)
+        if scheduler is not None:
+            parallel["scheduler"] = _scheduler(scheduler, "--scheduler", where)
+        for name, value in (tls or {}).items():
+            if name not in _TLS_KEYS:
+                raise TypeError(f"with_overrides: unknown TLS field {name!r}")
+            if value is not None:
+                flag = "--" + name.replace("_", "-")
+                parallel[name] = _tls_file(str(value), flag, where, Path.cwd())
+        if parallel:
+            changes["parallel"] = dataclasses.replace(self.parallel, **parallel)
         if out is not None:
             changes["out"] = Path(out)
         if stan is not None:
@@ -289,8 +309,9 @@ _SETTINGS = ("backend", "sampler", "thin_ranks", "thin_ranks_auto")
 _SECTIONS: dict[str, set[str]] = {
     "simulator": {"function", "args"},
     "quantities": {"include", "derived", "pool", "trace"},
-    "parallel": {"workers", "scheduler"},
+    "parallel": {"workers", "scheduler", "tls_ca_file", "tls_cert", "tls_key"},
 }
+_TLS_KEYS = ("tls_ca_file", "tls_cert", "tls_key")
 
 
 def load_study(path: Path | str) -> Study:
@@ -354,6 +375,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     parallel = Parallel(
         workers=check_int(p_raw.get("workers", 0), "[parallel] workers", where, minimum=0),
         scheduler=_scheduler(p_raw.get("scheduler", "local"), "[parallel] scheduler", where),
+        **{k: _tls_file(p_raw[k], f"[parallel] {k}", where, base) for k in _TLS_KEYS if k in p_raw},
     )
     out = raw.get("out")
     return Study(
@@ -585,6 +607,14 @@ def _existing_file(path: Path, key: str, where: str, suffix: str) -> Path:
     return path.resolve()
 
 
+def _tls_file(value: Any, key: str, where: str, base: Path) -> Path:
+    """A certificate or key file (PEM) for a tls:// scheduler: it must exist now."""
+    path = (base / check_str(value, key, where)).resolve()
+    if not path.is_file():
+        raise SBCError(f"{key}: file not found: {path}", where=where)
+    return path
+
+
 def _function_spec(value: Any, key: str, where: str, base: Path) -> FunctionSpec:
     """A spec string (checked by `check_callable_spec`) or a function object (a notebook's)."""
     if isinstance(value, UserFunction):
@@ -604,5 +634,6 @@ def _scheduler(value: Any, key: str, where: str) -> str:
             raise SBCError(f"{key}: 'local:N' needs N >= 1, got {s!r}", where=where)
         return s
     raise SBCError(
-        f"{key}: expected 'local', 'local:N' or 'tcp://host:port', got {s!r}", where=where
+        f"{key}: expected 'local', 'local:N', 'tcp://host:port' or 'tls://host:port', got {s!r}",
+        where=where,
     )

@@ -102,6 +102,11 @@ class Backend(Protocol):
         """Variable names the model produces with their number of dimensions, if known."""
         ...
 
+    def inputs(self) -> dict[str, int] | None:
+        """Data names the model needs with their number of dimensions, if known (optional:
+        the runner checks a simulator's data against it before any fit)."""
+        ...
+
     def identity(self) -> dict[str, str]:
         """What must not change, beside the study's settings, for stored results to resume."""
         ...
@@ -162,6 +167,9 @@ class BackendBase:
         return None
 
     def variables(self) -> dict[str, int] | None:
+        return None
+
+    def inputs(self) -> dict[str, int] | None:
         return None
 
     def identity(self) -> dict[str, str]:

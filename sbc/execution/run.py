@@ -1,5 +1,6 @@
-"""Run (or resume) a study: `sbc run`. One task per simulation on a pool, each result stored
-as it arrives, in a results folder that one run at a time may write.
+"""Run (or resume) a study: `sbc run`. Simulations run on a pool (in batches when they are
+cheap), results are stored as they arrive (what arrives together in one transaction), in a
+results folder that one run at a time may write.
 
 A results folder remembers what made its results (`identity`): running the same study
 again resumes it; a study whose fits would differ (settings, simulator or model) is refused.
@@ -17,9 +18,10 @@ from typing import Any
 
 from sbc import __version__
 from sbc.errors import SBCError
+from sbc.execution.failfast import FailFast
 from sbc.execution.folder import results_lock, store_errors
 from sbc.execution.isolation import process_state_kept
-from sbc.execution.pools import drain, open_pool
+from sbc.execution.pools import check_scheduler, drain, open_pool
 from sbc.execution.prepare import Prepared, prepare
 from sbc.execution.rerank import (
     compute_ranks,
@@ -50,6 +52,7 @@ def run(
     stop_early: bool = False,
     alpha: float = 0.01,
     look_every: int = 1,
+    tls: dict[str, str | Path | None] | None = None,
 ) -> Path:
     """Run (or resume) a study; returns its results folder. `sbc.run` (`sbc.api`) wraps it
     and returns `sbc.Results`; the CLI's `sbc run` calls it.
@@ -61,14 +64,23 @@ def run(
     resumable. The calling process keeps its environment and its loggers' state
     (`isolation`): only the worker processes are silenced. `backend` runs another inference
     method on the same datasets (its settings from the file's ``[backend.<name>]``, its
-    results in ``results/<name>-<backend>``)."""
+    results in ``results/<name>-<backend>``). `tls`: certificate files for a tls://
+    scheduler (`tls_ca_file`, `tls_cert`, `tls_key`), overriding the study file's
+    ``[parallel]``."""
     if not isinstance(study, Study):
         study = load_study(study)
     study = study.with_overrides(
-        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out, backend=backend
+        sims=sims,
+        seed=seed,
+        workers=workers,
+        scheduler=scheduler,
+        out=out,
+        backend=backend,
+        tls=tls,
     )
     with process_state_kept():
         p = prepare(study, progress=progress)
+        check_scheduler(study.parallel.scheduler, study.parallel.tls_files())
         folder = study.results_dir
         if new:
             folder = _fresh_folder(folder)
@@ -283,18 +295,24 @@ def _execute(
     tmp_root.mkdir()
     task_of = _task_factory(p, str(tmp_root), keep_every=_kept_stride(store, study.thin_ranks))
     bar = _progress_bar(study.sims, len(done & set(range(study.sims))), progress)
+    ok_before = bool(store.done(include_failed=False))
+    fail_fast = FailFast(len(todo), ok_before, where=str(study.path or study.name))
     flagged = next((d for d in p.backend.diagnostics if d.flag_when), None)
     counts = {"failed": 0, **({flagged.name: 0} if flagged else {})}
-    results = _results(task_of, todo, p.workers, study.parallel.scheduler, tmp_root, progress)
+    max_batch = stop[1] if stop is not None else None  # --stop-early looks every stop[1]
+    results = _results(task_of, todo, p.workers, study.parallel, tmp_root, progress, max_batch)
     try:
-        for result in results:
-            store.add(result, ranks_version=version)
-            counts["failed"] += result.status == "failed"
+        for batch in results:
+            store.add_many(batch, ranks_version=version)  # what arrived together: one commit
+            fail_fast.check(batch)  # the first simulations all failed alike: stop, one line
+            counts["failed"] += sum(r.status == "failed" for r in batch)
             if flagged is not None:
-                counts[flagged.name] += _flags(flagged, result.diagnostics.get(flagged.name))
+                counts[flagged.name] += sum(
+                    _flags(flagged, r.diagnostics.get(flagged.name)) for r in batch
+                )
             bar.set_postfix(counts, refresh=False)
-            bar.update(1)
-            if monitor is not None and monitor.add(result) is not None:
+            bar.update(len(batch))
+            if monitor is not None and any(monitor.add(r) is not None for r in batch):
                 break  # stop early: in-flight fits are killed when `results` is closed
     finally:
         results.close()
@@ -361,12 +379,21 @@ def _task_factory(p: Prepared, tmp_root: str, keep_every: int | None):
     return task
 
 
-def _results(task_of, todo: list[int], workers: int, scheduler: str, tmp_root: Path, progress):
+def _results(
+    task_of,
+    todo: list[int],
+    workers: int,
+    parallel: Any,
+    tmp_root: Path,
+    progress: bool,
+    max_batch: int | None = None,
+):
     """Results in completion order, from the study's pool (none is started for no work)."""
     if not todo:
         return
-    pool = open_pool(scheduler, workers, len(todo), tmp_root, progress)
-    yield from drain(pool, task_of, todo, in_flight=2 * pool.workers)
+    tls = parallel.tls_files()
+    pool = open_pool(parallel.scheduler, workers, len(todo), tmp_root, progress, tls=tls)
+    yield from drain(pool, task_of, todo, in_flight=2 * pool.workers, max_batch=max_batch)
 
 
 def _progress_bar(total: int, initial: int, show: bool):
