@@ -49,6 +49,7 @@ from sbc.simulate import (
     UserFunction,
     describe_function,
 )
+from sbc.study_thin import auto_thinning_setting, check_auto, draws_per_chain, thin_ranks_setting
 from sbc.thinning import AutoThinning
 
 
@@ -426,15 +427,15 @@ def _settings(
     tables.setdefault(own, Written("backend", table))
     sampler = dict(check_table(raw.get("sampler", {}), "sampler", where))
     chosen = choose or own
-    thin_ranks, label = _thin_ranks(raw.get("thin_ranks"), sampler.get("thin"), where)
-    auto = _auto_thinning(raw.get("thin_ranks_auto"), thin_ranks, where)
+    thin_ranks, label = thin_ranks_setting(raw.get("thin_ranks"), sampler.get("thin"), where)
+    auto = auto_thinning_setting(raw.get("thin_ranks_auto"), thin_ranks, where)
     specs = {name: _spec(name, t, sampler if name == own else None, where, base)
              for name, t in tables.items()}  # fmt: skip
     spec = specs.get(chosen) or _spec(chosen, Written(f"backend.{chosen}", {}), None, where, base)
-    draws = _draws_per_chain(spec)
+    draws = draws_per_chain(spec)
     if auto is not None:
         spec = dataclasses.replace(spec, extend_chains=True)
-        _check_auto(spec, auto, draws, where)
+        check_auto(spec, auto, draws, where)
     elif draws is not None and thin_ranks > draws[0]:
         raise SBCError(
             f"{label}: {thin_ranks} is more than {draws[1]} ({draws[0]}); no draws would be left",
@@ -499,84 +500,6 @@ def _keys(backend: str) -> set[str]:
         return set(field_names(backend_class(backend).Options))
     except SBCError:
         return set()
-
-
-def _thin_ranks(value: Any, sampler_thin: Any, where: str) -> tuple[int | str, str]:
-    """`thin_ranks` (R SBC's name: a stride, or "auto") or ``[sampler] thin`` (sbc 0.1's),
-    and which was written. (The one place its value is read.)"""
-    if value is not None and sampler_thin is not None:
-        raise SBCError("thin_ranks: also given as [sampler] thin (its old name); give it once",
-                       where=where)  # fmt: skip
-    if sampler_thin is not None:
-        return check_int(sampler_thin, "[sampler] thin", where, minimum=1), "[sampler] thin"
-    if value == "auto":
-        return "auto", "thin_ranks"
-    if isinstance(value, str):
-        raise SBCError(f'thin_ranks: expected an integer >= 1 or "auto", got {value!r}', where)
-    return check_int(10 if value is None else value, "thin_ranks", where, minimum=1), "thin_ranks"
-
-
-def _auto_thinning(value: Any, thin_ranks: int | str, where: str) -> AutoThinning | None:
-    """``[thin_ranks_auto]`` (defaults when absent) if thin_ranks is "auto", else None."""
-    if thin_ranks != "auto":
-        if value is not None:
-            raise SBCError('[thin_ranks_auto]: needs thin_ranks = "auto"', where=where)
-        return None
-    table = check_table({} if value is None else value, "thin_ranks_auto", where)
-    return parse_options(AutoThinning, table, "thin_ranks_auto", where)
-
-
-def _check_auto(
-    spec: BackendSpec, auto: AutoThinning, draws: tuple[int, str] | None, where: str
-) -> None:
-    """What thin_ranks = "auto" needs of the method: chains it can continue, every draw
-    written at full precision, and enough draws per chain for L."""
-    cls = backend_class(spec.type, where)
-    if not callable(getattr(cls, "extend", None)):
-        raise SBCError(
-            f'thin_ranks: "auto" thins by the chains\' effective sample size and continues '
-            f"short chains; backend {spec.type} has no chains to continue (its draws are "
-            "independent: set thin_ranks = 1 and its number of draws to L)",
-            where=where,
-        )
-    options = spec.options
-    if getattr(options, "thin", 1) != 1:
-        raise SBCError(
-            '[backend] thin: must be 1 with thin_ranks = "auto" (auto thinning chooses the '
-            "stride, and continues each chain from its last draw)",
-            where=where,
-        )
-    if getattr(options, "sig_figs", None) is not None:
-        raise SBCError(
-            '[backend] sig_figs: leave it unset with thin_ranks = "auto" (chains are '
-            "continued from their last draw, which CmdStan then writes at full precision)",
-            where=where,
-        )
-    if draws is None:
-        return
-    keep = auto.per_chain(int(getattr(options, "chains", 1)))
-    if draws[0] < keep:
-        raise SBCError(
-            f"[thin_ranks_auto] L: {auto.L} needs {keep} draws per chain; {draws[1]} is "
-            f"{draws[0]}",
-            where=where,
-        )
-    if auto.max_draws < draws[0]:
-        raise SBCError(
-            f"[thin_ranks_auto] max_draws: {auto.max_draws} is less than {draws[1]} "
-            f"({draws[0]})",
-            where=where,
-        )
-
-
-def _draws_per_chain(spec: BackendSpec) -> tuple[int, str] | None:
-    """(draws a chain yields, their name) when the settings say, for the thin_ranks check."""
-    for settings in (spec.options, spec.sampler):
-        count = getattr(settings, "draws_per_chain", None)
-        if callable(count):
-            return count()
-    draws = getattr(spec.sampler, "draws", None)  # sbc 0.1's [sampler] draws
-    return (draws, "draws") if isinstance(draws, int) else None
 
 
 def _settings_identity(spec: BackendSpec) -> tuple[dict[str, Any], dict[str, Any]]:
