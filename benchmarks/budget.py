@@ -339,10 +339,10 @@ def main() -> int:
         return replay_main(args, sims, work)
     studies: dict[str, Path] = {}
     if args.studies:
-        for path in args.studies:
+        for path in args.studies:  # the studies first, so their comparison comes first
             studies[path.stem] = study_copy(work, path.resolve(), sims)
-            if args.broken:
-                studies[f"{path.stem} (broken tau)"] = study_copy(work, path.resolve(), sims, True)
+        for path in args.studies if args.broken else []:
+            studies[f"{path.stem} (broken tau)"] = study_copy(work, path.resolve(), sims, True)
     else:
         for k, text in enumerate(args.settings):
             studies[text] = setting_study(work, f"budget{k}", text, sims)
