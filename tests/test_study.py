@@ -321,6 +321,20 @@ def test_the_shipped_advi_studies_simulate_lmm_sbcs_datasets():
         assert advi.thin_ranks == 10 and advi.backend.options.output_samples == 1000
 
 
+
+def test_the_shipped_auto_study_simulates_lmm_sbcs_datasets():
+    """lmm_sbc_auto.toml is compared with lmm_sbc.toml on the same datasets
+    (benchmarks/budget.py --studies): only its sampler and thinning differ."""
+    from sbc.checks import datasets_key
+
+    nuts = load_study(STUDIES / "lmm_sbc.toml")
+    auto = load_study(STUDIES / "lmm_sbc_auto.toml")
+    assert datasets_key(auto) == datasets_key(nuts)
+    assert auto.quantities == nuts.quantities and auto.stan == nuts.stan
+    assert auto.thin_ranks == "auto" and auto.auto_thinning.L == 100
+    assert auto.backend.options.chains == 1 and auto.backend.options.thin == 1
+    assert auto.identity_hash() != nuts.identity_hash()
+
 # -- thin_ranks = "auto" (issue 18) --------------------------------------------------------------
 
 
