@@ -43,6 +43,7 @@ class Task:
     derived: dict[str, FunctionSpec]
     keep_draws: bool
     tmp_root: str
+    stan_quantities: tuple[str, ...] = ()  # the model's own, evaluated at the truth
     keep_every: int | None = None  # stride of kept draws (the store's); default: thin
     auto: AutoThinning | None = None  # thin_ranks = "auto": per fit, chains continued if short
 
@@ -139,6 +140,10 @@ def run_simulation(task: Task, reuse_workdir: bool = False) -> SimulationResult:
         with _captured_output():
             fit = task.backend.fit(data, fit_seed, workdir)
             draws = task.backend.draws(fit)
+        if task.stan_quantities:
+            stage = "[quantities] stan at the truth"
+            at_truth = task.backend.quantities_at_truth(truth, data, task.stan_quantities, workdir)
+            truth = {**truth, **at_truth}
         stage = "ranks"
         _check_truth_against_draws(truth, draws)
         functions = {k: resolve_function(v) for k, v in task.derived.items()}

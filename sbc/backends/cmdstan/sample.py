@@ -155,6 +155,7 @@ class CmdStanBackend(StanProgram):
     method = "NUTS (CmdStan's sample)"
     Options = NutsSettings
     diagnostics = DIAGNOSTICS
+    lp_in_draws = True
 
     @classmethod
     def create(cls, spec: BackendSpec, stan: Path | None, cores: int) -> CmdStanBackend:
@@ -258,6 +259,8 @@ class CmdStanBackend(StanProgram):
             raise RuntimeError(cmdstan_failure(str(exc))) from None
 
     def draws(self, fit: Any) -> dict[str, np.ndarray]:
+        """Every variable of the program, and ``lp__`` (rankable: ``[quantities] stan``),
+        over every run of a fit (continuations of thin_ranks = "auto" included)."""
         runs = _runs(fit)
         out = {}
         for name in runs[0].metadata.stan_vars:
@@ -266,6 +269,8 @@ class CmdStanBackend(StanProgram):
                 value = run.stan_variable(name)
                 parts.append(value.reshape(run.chains, -1, *value.shape[1:]))
             out[name] = np.concatenate(parts, axis=1)
+        # (draws, chains) -> (chains, draws), run after run
+        out["lp__"] = np.concatenate([r.method_variables()["lp__"].T for r in runs], axis=1)
         return out
 
     def diagnose(self, fit: Any) -> dict[str, float]:
