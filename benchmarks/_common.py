@@ -118,10 +118,10 @@ def write_study(
         text = re.sub(r"^sims = \d+", f"sims = {sims}", text, count=1, flags=re.M)
     for key, value in sampler.items():
         # sbc 0.1's [sampler] names, or what a study in cmdstanpy's names calls them
-        for name in (key, _NEW_NAMES.get(key, key)):
-            pattern = rf"^{name} = [0-9.eE+-]+"
+        for spelling in (key, _NEW_NAMES.get(key, key)):
+            pattern = rf"^{spelling} = [0-9.eE+-]+"
             if re.search(pattern, text, flags=re.M):
-                text = re.sub(pattern, f"{name} = {value}", text, count=1, flags=re.M)
+                text = re.sub(pattern, f"{spelling} = {value}", text, count=1, flags=re.M)
                 break
         else:
             if "[sampler]\n" not in text:

@@ -1,25 +1,42 @@
-"""Sampling budget: cost per fit and near-independence of the kept draws, per sampler setting.
+"""Sampling budget: cost per simulation and near-independence of the kept draws, per setting.
 
     python benchmarks/budget.py --quick    # 8 sims per setting (a few minutes)
     python benchmarks/budget.py            # 40 sims per setting (--sims 60 for the README)
+    python benchmarks/budget.py --studies studies/lmm_sbc.toml studies/lmm_sbc_auto.toml \\
+        --broken --sims 200                # shipped study files side by side (issue 18)
 
-The same simulations (datasets and seeds) of studies/lmm_sbc.toml, fitted with each setting
-(chains x (warm-up + draws), thin); L = chains x draws / thin draws are kept for the ranks:
+Settings mode: the same simulations (datasets and seeds) of studies/lmm_sbc.toml, fitted with
+each setting, written CHAINSxWARMUP+DRAWS/THIN (a fixed stride: L = chains x draws / thin)
+or CHAINSxWARMUP+DRAWS/auto[:R[:MAX]] (thin_ranks = "auto" with L = 100: each fit is
+continued until every ranked quantity has bulk and tail ESS >= R x L, at most MAX draws per
+chain, then thinned to L; R defaults to 0.5 and MAX to 4000):
 
-    2x(250+500)/10   the shipped default
-    2x(500+500)/10   the default before: twice the warm-up
-    1x(500+1000)/10  one longer chain: less warm-up in total, but no R-hat
-    4x(250+250)/10   more, shorter chains
-    2x(250+1000)/20  twice the draws, thinned twice as much: near-independent kept draws
+    2x250+500/10     the shipped fixed budget (studies/lmm_sbc.toml)
+    2x150+100/auto   auto thinning from 100 draws per chain after 150 warm-up iterations
+    ...
 
-Per setting: CmdStan's own seconds per fit (warm-up + sampling, summed over chains: the
-core-seconds a fit costs on an idle machine; on a busy one it includes waiting for a CPU),
-CPU seconds per fit of the whole `sbc run` process tree (the load-independent cost), wall time
-per fit, ESS per kept draw = ess_bulk_min / L (and ess_tail_min / L; at 1 the kept draws are
-as good as independent for the worst-mixing quantity), median bulk ESS (worst quantity) per
-CPU second, R-hat, divergences, and `sbc check`
-of the ranks (the correct model must pass; with few simulations this check has little power,
-it guards against gross failures only). Settings run interleaved (A B C C B A with --repeats 2).
+Studies mode: study files as they are (`--broken` adds, for each, the same study with the
+Stan program swapped for stan/lmm_broken_tau.stan: the deliberately wrong prior on tau,
+which both budgets must flag), each run once, interleaved.
+
+Replay mode (`--replay`): each setting's rule replayed on the same long chains (one long
+fit per dataset and (chains, warm-up), cached with --cache; `_replay.py` says why that is
+exact), costed in gradient evaluations; a setting may add the extension rule's constants,
+e.g. 2x150+100/auto:0.5,o1.3,g3 (overshoot 1.3, an extension at most triples the draws; g0:
+no limit):
+
+    python benchmarks/budget.py --replay --sims 60 --cache /tmp/budget-cache
+
+Per setting or study: CPU seconds per simulation of the whole `sbc run` process tree (wait4:
+load-independent, unlike wall time) and simulations per CPU-hour; CmdStan's own seconds
+(warm-up + sampling, summed over chains) and the warm-up share; gradient evaluations after
+warm-up (sum of n_leapfrog__) and an estimate of all of them (scaled by CmdStan's total /
+sampling seconds, as warm-up iterations are not saved); draws per chain (extensions
+included) and how many fits were continued; the rank quality: per fit the worst ESS per
+kept draw, min(ess_bulk_min, ess_tail_min[, ess_ranked_min]) / L (bulk and tail ESS of
+every parameter, and with auto of every ranked quantity, loglik included), and the share
+of fits with it >= 0.5 (the criterion of issue 18: >= 95 %); divergent fits; and `sbc
+check` at alpha 0.01 with the smallest Holm p (and tau's, in studies mode).
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 from _common import (
+    ROOT,
     abba,
     banner,
     cores,
@@ -46,163 +64,328 @@ from _common import (
 
 DEFAULT_SETTINGS = (
     "2x250+500/10",
-    "2x500+500/10",
-    "1x500+1000/10",
-    "4x250+250/10",
-    "2x250+1000/20",
+    "2x250+150/auto",
+    "2x150+150/auto",
+    "2x150+100/auto",
+    "2x150+150/auto:1",
+    "4x100+50/auto",
+    "1x200+200/auto",
+)
+#: What issue 18 asks of a budget: this share of fits with ESS / L >= 0.5.
+QUALITY = 0.95
+BROKEN = ROOT / "stan" / "lmm_broken_tau.stan"
+
+
+def parse_setting(text: str) -> dict:
+    pattern = r"(\d+)x(\d+)\+(\d+)/(\d+|auto(?::([\d.]+))?(?::(\d+))?)((?:,[og][\d.]+)*)"
+    m = re.fullmatch(pattern, text.replace(" ", ""))
+    if not m:
+        raise SystemExit(
+            f"setting {text!r}: expected CHAINSxWARMUP+DRAWS/THIN or .../auto[:R[:MAX]], "
+            "e.g. 2x500+500/10 or 2x150+100/auto:0.5"
+        )
+    chains, warmup, draws = map(int, m.groups()[:3])
+    s: dict = {"chains": chains, "warmup": warmup, "draws": draws}
+    if m.group(4).startswith("auto"):
+        s["auto"] = {
+            "min_ess_per_draw": float(m.group(5) or 0.5),
+            "max_draws": int(m.group(6) or 4000),
+        }
+        names = {"o": "overshoot", "g": "max_growth"}
+        rule = {names[x[0]]: float(x[1:]) for x in m.group(7).split(",") if x}
+        if rule.get("max_growth") == 0:
+            rule["max_growth"] = float("inf")
+        s["rule"] = rule
+    else:
+        s["thin"] = int(m.group(4))
+    return s
+
+
+def setting_study(dest: Path, name: str, text: str, sims: int) -> Path:
+    """studies/lmm_sbc.toml with one setting's sampler and thinning."""
+    s = parse_setting(text)
+    auto = s.pop("auto", None)
+    if s.pop("rule", None):
+        raise SystemExit(f"setting {text!r}: the rule's constants (,o / ,g) are for --replay")
+    if auto is None:
+        return write_study(dest, name, sims=sims, **s)
+    path = write_study(dest, name, sims=sims, **s, thin=10)
+    body = re.sub(r"^thin_ranks = .*$", 'thin_ranks = "auto"', path.read_text(), flags=re.M)
+    table_ = "".join(f"{k} = {v}\n" for k, v in auto.items())
+    body = body.replace("\n[simulator]", f"\n[thin_ranks_auto]\n{table_}\n[simulator]", 1)
+    path.write_text(body)
+    return path
+
+
+def study_copy(dest: Path, source: Path, sims: int, broken: bool = False) -> Path:
+    """A shipped study with absolute paths (and the broken Stan program if asked)."""
+    text = source.read_text()
+    name = source.stem + ("-broken_tau" if broken else "")
+    text = re.sub(r'^name = ".*"', f'name = "{name}"', text, count=1, flags=re.M)
+    own = re.search(r'^stan = "([^"]+)"', text, re.M)
+    stan = BROKEN if broken or own is None else source.parent / own.group(1)
+    text = re.sub(r'^stan = "[^"]+"', f'stan = "{Path(stan).resolve()}"', text, count=1, flags=re.M)
+    text = re.sub(r"^sims = \d+", f"sims = {sims}", text, count=1, flags=re.M)
+    path = dest / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def measure(out: Path, run, alpha: float = 0.01) -> dict:
+    """Per-simulation figures of one finished run (`sbc_run`)."""
+    import sbc
+    from sbc.checks import check
+
+    res = sbc.load(out)
+    sims = res.simulations
+    ok = sims[sims["status"] == "ok"]
+    L = float(res.ranks.groupby("sim")["L"].max().median()) if len(res.ranks) else np.nan
+    chains = float((res.manifest.get("study", {}).get("sampler") or {}).get("chains", 1))
+    worst = [ok[c].to_numpy(dtype=float) for c in ("ess_bulk_min", "ess_tail_min", "ess_ranked_min")
+             if c in ok]  # fmt: skip
+    ess = np.nanmin(np.vstack(worst), axis=0) / L
+    outcome = check(res, alpha=alpha)
+    v = outcome.verdicts.set_index("quantity")
+    own = (ok["warmup_seconds"] + ok["sampling_seconds"]).to_numpy(dtype=float)
+    samp = ok["sampling_seconds"].to_numpy(dtype=float)
+    none = np.full(len(ok), np.nan)
+    leap = ok["n_leapfrog"].to_numpy(dtype=float) if "n_leapfrog" in ok else none
+    extensions = ok["extensions"].fillna(0).to_numpy(dtype=float) if "extensions" in ok else none
+    return {
+        "n": len(sims),
+        "failed": int((sims["status"] != "ok").sum()),
+        "cpu": run.cpu / len(sims),
+        "wall": run.wall / len(sims),
+        "L": L,
+        "own": own,
+        "warm": ok["warmup_seconds"].to_numpy(dtype=float),
+        "leap": leap,
+        "leap_total": leap * own / np.where(samp > 0, samp, np.nan),
+        "draws": ok["n_draws"].to_numpy(dtype=float) / chains,
+        "extensions": extensions,
+        "ess": ess,
+        "ess_b": ok["ess_bulk_min"].to_numpy(dtype=float) / L,
+        "ess_t": ok["ess_tail_min"].to_numpy(dtype=float) / L,
+        "div": (ok["divergences"].fillna(0) > 0).to_numpy(),
+        "passed": outcome.passed,
+        "p_min": float(v["p_holm"].min()),
+        "p_tau": {q: float(v.at[q, "p_holm"]) for q in v.index if q.startswith("tau[")},
+        "load": run.load,
+    }
+
+
+def summarise(label: str, runs: list[dict]) -> dict:
+    cat = lambda key: np.concatenate([r[key] for r in runs])  # noqa: E731
+    ess = cat("ess")
+    n = sum(r["n"] for r in runs)
+    cpu = float(np.mean([r["cpu"] for r in runs]))
+    p_tau = runs[0]["p_tau"]
+    return {
+        "setting": label,
+        "L": runs[0]["L"],
+        "n": n,
+        "failed": sum(r["failed"] for r in runs),
+        "cpu": cpu,
+        "per_cpu_hour": 3600 / cpu,
+        "own": float(np.mean(cat("own"))),
+        "warm_share": float(cat("warm").sum() / cat("own").sum()),
+        "wall": float(np.mean([r["wall"] for r in runs])),
+        "leap": float(np.nanmean(cat("leap"))),
+        "leap_total": float(np.nanmean(cat("leap_total"))),
+        "draws_med": float(np.median(cat("draws"))),
+        "draws_p90": float(np.percentile(cat("draws"), 90)),
+        "draws_max": float(np.max(cat("draws"))),
+        "extended": float(np.mean(cat("extensions") > 0)),
+        "ext_mean": float(np.mean(cat("extensions"))),
+        "ess_med": float(np.nanmedian(ess)),
+        "ess_p5": float(np.nanpercentile(ess, 5)),
+        "ess_ok": float(np.mean(ess >= 0.5)),
+        "bulk_ok": float(np.mean(cat("ess_b") >= 0.5)),
+        "tail_ok": float(np.mean(cat("ess_t") >= 0.5)),
+        "div": float(np.mean(cat("div"))),
+        "sbc": "/".join("pass" if r["passed"] else "FAIL" for r in runs),
+        "p_min": min(r["p_min"] for r in runs),
+        "p_tau": ", ".join(f"{q} {p:.2g}" for q, p in p_tau.items()) or "-",
+    }
+
+
+COST = [
+    ("setting", "setting", ""),
+    ("n", "sims", "{}"),
+    ("cpu", "CPU s/sim", "{:.2f}"),
+    ("per_cpu_hour", "sims/CPU-h", "{:.0f}"),
+    ("own", "CmdStan s/fit", "{:.2f}"),
+    ("warm_share", "warm-up share", "{:.0%}"),
+    ("leap", "grad evals (sampling)", "{:.0f}"),
+    ("leap_total", "grad evals (all, est.)", "{:.0f}"),
+    ("draws_med", "draws/chain med.", "{:.0f}"),
+    ("draws_p90", "p90", "{:.0f}"),
+    ("draws_max", "max", "{:.0f}"),
+    ("extended", "fits continued", "{:.0%}"),
+    ("ext_mean", "continuations/fit", "{:.2f}"),
+]
+QUALITY_COLUMNS = [
+    ("setting", "setting", ""),
+    ("L", "L", "{:.0f}"),
+    ("ess_ok", "ESS/L >= 0.5", "{:.1%}"),
+    ("bulk_ok", "bulk only", "{:.1%}"),
+    ("tail_ok", "tail only", "{:.1%}"),
+    ("ess_med", "ESS/L median", "{:.2f}"),
+    ("ess_p5", "5th pct", "{:.2f}"),
+    ("div", "divergent fits", "{:.0%}"),
+    ("failed", "failed", "{}"),
+    ("sbc", "sbc check", ""),
+    ("p_min", "min Holm p", "{:.2g}"),
+]
+
+
+REPLAY_SETTINGS = (
+    "2x250+500/10",
+    "2x250+150/auto",
+    "2x150+150/auto",
+    "2x150+100/auto",
+    "2x150+100/auto:0.5,g0",
+    "2x150+100/auto:0.5,o1.3",
+    "2x150+100/auto:0.75",
+    "2x150+100/auto:1",
+    "2x100+100/auto",
+    "4x100+50/auto",
+    "1x250+150/auto",
 )
 
 
-def parse_setting(text: str) -> dict[str, int]:
-    m = re.fullmatch(r"(\d+)x(\d+)\+(\d+)/(\d+)", text.replace(" ", ""))
-    if not m:
-        raise SystemExit(f"setting {text!r}: expected CHAINSxWARMUP+DRAWS/THIN, e.g. 2x500+500/10")
-    chains, warmup, draws, thin = map(int, m.groups())
-    return {"chains": chains, "warmup": warmup, "draws": draws, "thin": thin}
+def replay_main(args, sims: int, work: Path) -> int:
+    """--replay: every setting replayed on the same long chains, costed in gradients."""
+    from _replay import collect, replay_auto, replay_fixed
+
+    settings = {t: parse_setting(t) for t in args.settings}
+    configs = sorted({(s["chains"], s["warmup"]) for s in settings.values()})
+    cache = Path(args.cache) if args.cache else work / "cache"
+    chains_of: dict[tuple[int, int], list] = {}
+    for chains, warmup in configs:
+        study = setting_study(work, f"long{chains}x{warmup}", f"{chains}x{warmup}+100/1", sims)
+        # as many draws in all as 2 chains of --replay-draws (1 chain: as many per chain)
+        draws = args.replay_draws * 2 // max(chains, 2)
+        folder = cache / f"{chains}x{warmup}+{draws}"
+        print(f"  long fits {chains} x ({warmup} + {draws}): {folder}", flush=True)
+        chains_of[(chains, warmup)] = collect(study, sims, draws, args.workers, folder)
+    rows = []
+    for text, s in settings.items():
+        fits = chains_of[(s["chains"], s["warmup"])]
+        if "auto" in s:
+            out = [replay_auto(c, s["draws"], 100, **s["auto"], **s.get("rule", {})) for c in fits]
+        else:
+            out = [replay_fixed(c, s["draws"], s["thin"]) for c in fits]
+        col = lambda k, out=out: np.array([o[k] for o in out], dtype=float)  # noqa: E731
+        rows.append({
+            "setting": text, "n": len(out), "grads": col("grads").mean(),
+            "warm_share": col("grads_warmup").sum() / col("grads").sum(),
+            "draws_med": np.median(col("draws")), "draws_p90": np.percentile(col("draws"), 90),
+            "draws_max": col("draws").max(), "extended": np.mean(col("extensions") > 0),
+            "ext_mean": col("extensions").mean(), "ess_ok": np.mean(col("ess_per_draw") >= 0.5),
+            "ranked_ok": np.mean(col("ess_ranked") >= 0.5),
+            "ess_med": np.median(col("ess_per_draw")),
+            "ess_p5": np.percentile(col("ess_per_draw"), 5), "capped": np.mean(col("capped")),
+            "div": np.mean(col("divergent")),
+        })  # fmt: skip
+    for r in rows:
+        r["rel"] = r["grads"] / rows[0]["grads"]
+        r["speed"] = rows[0]["grads"] / r["grads"]
+    print()
+    print(table(rows, [
+        ("setting", "setting", ""), ("n", "fits", "{}"), ("grads", "grad evals/fit", "{:.0f}"),
+        ("rel", "rel.", "{:.2f}"), ("speed", "fits per grad", "{:.2f}x"),
+        ("warm_share", "warm-up share", "{:.0%}"), ("draws_med", "draws/chain med.", "{:.0f}"),
+        ("draws_p90", "p90", "{:.0f}"), ("draws_max", "max", "{:.0f}"),
+        ("extended", "continued", "{:.0%}"), ("ext_mean", "continuations", "{:.2f}"),
+    ], title="Replayed cost per fit (gradient evaluations, warm-up included)"))  # fmt: skip
+    print()
+    print(table(rows, [
+        ("setting", "setting", ""), ("ess_ok", "ESS/L >= 0.5", "{:.1%}"),
+        ("ranked_ok", "ranked only", "{:.1%}"), ("ess_med", "ESS/L median", "{:.2f}"),
+        ("ess_p5", "5th pct", "{:.2f}"), ("capped", "at max_draws", "{:.0%}"),
+        ("div", "divergent fits", "{:.0%}"),
+    ], title="Replayed quality (ESS/L: the worst bulk or tail ESS of every parameter and "
+             "every ranked quantity, / L)"))  # fmt: skip
+    print(f"\nload average at the end: {load_str()}")
+    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="8 simulations per setting")
-    ap.add_argument("--sims", type=int, help="simulations per setting")
-    ap.add_argument(
-        "--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="CHAINSxWARMUP+DRAWS/THIN ..."
-    )
+    ap.add_argument("--sims", type=int, help="simulations per setting or study")
+    ap.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS),
+                    help="CHAINSxWARMUP+DRAWS/THIN or .../auto[:R[:MAX]] ...")  # fmt: skip
+    ap.add_argument("--studies", nargs="+", type=Path, help="study files to compare instead")
+    ap.add_argument("--replay", action="store_true", help="replay the settings on long chains")
+    ap.add_argument("--replay-draws", type=int, default=2000, help="draws per chain of a long fit")
+    ap.add_argument("--cache", help="--replay: folder of the long fits (reused when present)")
+    ap.add_argument("--broken", action="store_true",
+                    help="with --studies: each study also with the broken-tau model")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=1, help="rounds of the interleaved cycle")
     ap.add_argument("--workers", type=int, default=cores())
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = ap.parse_args()
     sims = args.sims or (8 if args.quick else 40)
-    banner("sampling budget: cost per fit vs ESS per kept draw", "quick" if args.quick else "full")
+    mode = "quick" if args.quick else "full"
+    banner("sampling budget: cost per simulation vs ESS per kept draw", mode)
     work = scratch("sbc-bench-budget-", keep=args.keep)
-    studies = {}
-    for k, text in enumerate(args.settings):
-        studies[text] = write_study(work, f"budget{k}", sims=sims, **parse_setting(text))
-    sbc_run(
-        studies[args.settings[0]],
-        fresh_dir(work, "warm"),
-        "warm",
-        work,
-        workers=1,
-        sims=1,
-        trace=False,
-    )
+    if args.keep:
+        print(f"   scratch folder {work}\n")
+    if args.replay:
+        if args.settings == list(DEFAULT_SETTINGS):
+            args.settings = list(REPLAY_SETTINGS)
+        return replay_main(args, sims, work)
+    studies: dict[str, Path] = {}
+    if args.studies:
+        for path in args.studies:  # the studies first, so their comparison comes first
+            studies[path.stem] = study_copy(work, path.resolve(), sims)
+        for path in args.studies if args.broken else []:
+            studies[f"{path.stem} (broken tau)"] = study_copy(work, path.resolve(), sims, True)
+    else:
+        for k, text in enumerate(args.settings):
+            studies[text] = setting_study(work, f"budget{k}", text, sims)
+    labels = list(studies)
+    # compile the models, warm the caches
+    sbc_run(studies[labels[0]], fresh_dir(work, "warm"), "warm", work, workers=1, sims=1,
+            trace=False)  # fmt: skip
+    if args.broken:
+        first_broken = next(label for label in labels if "broken" in label)
+        sbc_run(studies[first_broken], fresh_dir(work, "warm-b"), "warm", work, workers=1,
+                sims=1, trace=False)  # fmt: skip
     print(f"{sims} simulations per setting, {args.workers} workers\n")
 
-    import sbc
-    from sbc.checks import check
-
-    per: dict[str, list[dict]] = {t: [] for t in args.settings}
-    for i, text in enumerate(abba(args.settings, args.repeats)):
+    per: dict[str, list[dict]] = {t: [] for t in labels}
+    for i, label in enumerate(abba(labels, args.repeats)):
         out = fresh_dir(work, f"out-{i}")
-        run = sbc_run(studies[text], out, text, work, workers=args.workers, trace=False)
-        res = sbc.load(out)
-        sims_df = res.simulations
-        L = int(res.ranks["L"].iloc[0]) if len(res.ranks) else 0
-        outcome = check(res)
-        p_min = float(outcome.verdicts["p_holm"].min()) if "p_holm" in outcome.verdicts else np.nan
-        per[text].append(
-            {
-                "wall": run.wall,
-                "cpu": run.cpu,
-                "n": len(sims_df),
-                "L": L,
-                "own": (sims_df["warmup_seconds"] + sims_df["sampling_seconds"]).to_numpy(),
-                "warm": sims_df["warmup_seconds"].to_numpy(),
-                "ess_b": sims_df["ess_bulk_min"].to_numpy() / L,
-                "ess_t": sims_df["ess_tail_min"].to_numpy() / L,
-                "rhat": sims_df["rhat_max"].to_numpy(dtype=float),
-                "div": (sims_df["divergences"].fillna(0) > 0).to_numpy(),
-                "failed": int((sims_df["status"] != "ok").sum()),
-                "passed": outcome.passed,
-                "p_min": p_min,
-                "load": run.load,
-            }
-        )
-        print(
-            f"  run {i + 1} {text:14s} wall {run.wall:6.1f} s  load {run.load[0]:.2f}", flush=True
-        )
+        run = sbc_run(studies[label], out, label, work, workers=args.workers, trace=False)
+        per[label].append(measure(out, run))
+        print(f"  run {i + 1:2d} {label:34s} CPU {run.cpu:7.1f} s  wall {run.wall:7.1f} s  "
+              f"load {run.load[0]:.1f}-{run.load[1]:.1f}", flush=True)  # fmt: skip
     print()
-    rows = []
-    ref_own = None
-    for text in args.settings:
-        runs = per[text]
-        own = np.concatenate([r["own"] for r in runs])
-        ess_b = np.concatenate([r["ess_b"] for r in runs])
-        ess_t = np.concatenate([r["ess_t"] for r in runs])
-        rhat = np.concatenate([r["rhat"] for r in runs])
-        n = sum(r["n"] for r in runs)
-        ref_own = ref_own or float(own.mean())
-        s = parse_setting(text)
-        rows.append(
-            {
-                "setting": text,
-                "L": runs[0]["L"],
-                "iters": s["chains"] * (s["warmup"] + s["draws"]),
-                "own": float(own.mean()),
-                "rel": float(own.mean()) / ref_own,
-                "warm_share": float(np.concatenate([r["warm"] for r in runs]).sum() / own.sum()),
-                "cpu": float(np.mean([r["cpu"] / r["n"] for r in runs])),
-                "wall": float(np.mean([r["wall"] / r["n"] for r in runs])),
-                "ess_med": float(np.nanmedian(ess_b)),
-                "ess_p10": float(np.nanpercentile(ess_b, 10)),
-                "ess_min": float(np.nanmin(ess_b)),
-                "below1": float(np.mean(ess_b < 1)),
-                "tail_med": float(np.nanmedian(ess_t)),
-                "rhat_max": float(np.nanmax(rhat)) if np.isfinite(rhat).any() else np.nan,
-                "rhat_bad": float(np.mean(rhat > 1.01)) if np.isfinite(rhat).any() else np.nan,
-                "div": float(np.mean(np.concatenate([r["div"] for r in runs]))),
-                "sbc": "/".join("pass" if r["passed"] else "FAIL" for r in runs),
-                "p_min": min(r["p_min"] for r in runs),
-                "n": n,
-                "eff": float(np.nanmedian(ess_b))
-                * runs[0]["L"]
-                / float(np.mean([r["cpu"] / r["n"] for r in runs])),
-            }
-        )
-    print(
-        table(
-            rows,
-            [
-                ("setting", "setting", ""),
-                ("iters", "iterations", "{}"),
-                ("L", "L", "{}"),
-                ("own", "CmdStan s/fit", "{:.2f}"),
-                ("rel", "rel.", "{:.2f}"),
-                ("warm_share", "warm-up share", "{:.0%}"),
-                ("cpu", "CPU s/fit", "{:.2f}"),
-                ("wall", "wall s/fit", "{:.2f}"),
-            ],
-            title="Cost per fit (CmdStan s: its own warm-up + sampling s, summed over chains)",
-        )
-    )
+    rows = [summarise(label, per[label]) for label in labels]
+    ref = rows[0]
+    for r in rows:
+        r["speed"] = r["per_cpu_hour"] / ref["per_cpu_hour"]
+        r["grad_rel"] = r["leap_total"] / ref["leap_total"]
+    cost = [*COST[:4], ("speed", f"vs {ref['setting']}", "{:.2f}x"), *COST[4:7],
+            ("grad_rel", "rel.", "{:.2f}"), *COST[7:]]  # fmt: skip
+    print(table(rows, cost, title="Cost per simulation (CPU: the whole sbc run process tree)"))
     print()
-    print(
-        table(
-            rows,
-            [
-                ("setting", "setting", ""),
-                ("ess_med", "ESS/L median", "{:.2f}"),
-                ("ess_p10", "10th pct", "{:.2f}"),
-                ("ess_min", "min", "{:.2f}"),
-                ("below1", "share < 1", "{:.0%}"),
-                ("tail_med", "tail ESS/L med.", "{:.2f}"),
-                ("eff", "ESS per CPU s", "{:.0f}"),
-                ("rhat_max", "max R-hat", "{:.3f}"),
-                ("rhat_bad", "R-hat>1.01", "{:.0%}"),
-                ("div", "divergent fits", "{:.0%}"),
-                ("sbc", "sbc check", ""),
-                ("p_min", "min Holm p", "{:.2g}"),
-                ("n", "sims", "{}"),
-            ],
-            title="Quality of the kept draws (ESS/L = ess_bulk_min / L per simulation; worst "
-            "quantity of each fit)",
-        )
-    )
-    print(
-        "\n(R-hat needs 2+ chains: with one chain it is not computed. 'sbc check' has little "
-        "power with few simulations.)"
-    )
+    quality = QUALITY_COLUMNS + ([("p_tau", "Holm p of tau", "")] if args.studies else [])
+    title = ("Quality of the kept draws (ESS/L: per fit, the worst bulk or tail ESS of every "
+             "parameter, and with auto of every ranked quantity, / L)")  # fmt: skip
+    print(table(rows, quality, title=title))
+    print()
+    for r in rows[1:]:
+        if "broken" in r["setting"]:
+            continue
+        good = r["ess_ok"] >= QUALITY
+        print(f"{r['setting']}: {r['speed']:.2f}x the simulations per CPU-hour of "
+              f"{ref['setting']}; {r['ess_ok']:.1%} of fits with ESS/L >= 0.5 "
+              f"({'meets' if good else 'misses'} the {QUALITY:.0%} criterion)")  # fmt: skip
+    print("\n(R-hat needs 2+ chains. 'sbc check' has little power with few simulations.)")
     print(f"load average at the end: {load_str()}")
     return 0
 

@@ -210,7 +210,8 @@ def run(
     derived: Mapping[str, Callable[..., Any] | str] | None = None,
     backend: str | Mapping[str, Any] | None = None,
     sampler: Mapping[str, Any] | None = None,
-    thin_ranks: int | None = None,
+    thin_ranks: int | str | None = None,
+    thin_ranks_auto: Mapping[str, Any] | None = None,
     keep_draws: bool | None = None,
     include: Sequence[str] | None = None,
     pool: Sequence[str] | None = None,
@@ -229,7 +230,9 @@ def run(
     f(rng, **simulator_args) -> (truth, data) (a closure, one defined in a cell: it is
     shipped to the workers with cloudpickle, and its code and the values it reads are part of
     what a resumed study must match), `derived` functions f(params, data) -> one value per
-    draw, `thin_ranks` ranks every k-th draw, `keep_draws` keeps them for `rerank`. With a
+    draw, `thin_ranks` ranks every k-th draw (or "auto": per fit, L near-independent draws,
+    chains continued if short; `thin_ranks_auto` = {"L": 100, ...} its settings),
+    `keep_draws` keeps them for `rerank`. With a
     study, `backend="NAME"` runs that inference method on the same datasets instead of the
     study's own (as ``sbc run --backend NAME``): its settings from the file's
     ``[backend.NAME]``, its results in ``results/<name>-NAME``.
@@ -241,7 +244,8 @@ def run(
     objects = {
         "stan": stan, "simulator": simulator, "simulator_args": simulator_args, "name": name,
         "derived": derived, "backend": backend, "sampler": sampler, "thin_ranks": thin_ranks,
-        "keep_draws": keep_draws, "include": include, "pool": pool,
+        "thin_ranks_auto": thin_ranks_auto, "keep_draws": keep_draws, "include": include,
+        "pool": pool,
     }  # fmt: skip
     given = sorted(k for k, v in objects.items() if v is not None)
     switch = None

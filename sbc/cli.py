@@ -375,10 +375,11 @@ def _rerank(args: argparse.Namespace) -> int:
     )
     res = load(args.results, version)
     info = res.version_info()
+    thin = info.get("thin")
     print(
         f"ranks version {version} of {len(res.rank_versions)} in {res.folder}: "
         f"{len(info.get('quantities') or [])} quantities, {res.ranks['sim'].nunique()} "
-        f"simulations, thinned by {info.get('thin')}"
+        f"simulations, thinned {'per fit (auto)' if thin == 'auto' else f'by {thin}'}"
         + (" (already stored: nothing to compute)" if version in before else "")
     )
     return 0

@@ -31,9 +31,10 @@ def expand(name: str, value: Any) -> dict[str, float]:
     return dict(zip(scalar_names(name, arr.shape), arr.ravel().tolist(), strict=True))
 
 
-def thin(draws: np.ndarray, every: int) -> np.ndarray:
-    """Every `every`-th draw of each chain, chains concatenated: (chains, draws, ...) -> (L, ...)"""
-    kept = draws[:, ::every]
+def thin(draws: np.ndarray, every: int, start: int = 0) -> np.ndarray:
+    """Every `every`-th draw of each chain from `start`, chains concatenated:
+    (chains, draws, ...) -> (L, ...)"""
+    kept = draws[:, start::every]
     return kept.reshape(-1, *draws.shape[2:])
 
 
@@ -48,24 +49,14 @@ def rank_of_truth(truth: np.ndarray, draws: np.ndarray, rng: np.random.Generator
     return below + rng.integers(0, ties + 1)
 
 
-def rank_rows(
+def ranked_columns(
     truth: Mapping[str, Any],
     draws: Mapping[str, np.ndarray],
-    *,
-    thin_every: int,
-    rng: np.random.Generator,
     quantities: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """One dict per scalar quantity: truth, rank among the thinned draws, posterior mean and sd.
-
-    (Interval coverage is derived from the ranks at analysis time, `analysis.coverage`:
-    intervals from interpolated draw quantiles would be biased.)
-
-    `truth` maps variable names to values, `draws` maps them to (chains, draws, *shape)
-    arrays. Only variables with a truth are ranked; `quantities` (scalar names)
-    narrows that further. Rank order is the sorted scalar names, so the tie-breaking
-    random numbers do not depend on dictionary order.
-    """
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(names, truths (Q,), draws (chains, draws, Q)) of the scalar quantities ranked: those
+    with a truth, narrowed to `quantities` (scalar names) if given, in sorted order of their
+    variables (so the tie-breaking random numbers do not depend on dictionary order)."""
     names: list[str] = []
     truths: list[float] = []
     columns: list[np.ndarray] = []
@@ -79,11 +70,34 @@ def rank_rows(
                 truths.append(float(value.ravel()[i]))
                 columns.append(flat_draws[:, :, i])
     if not names:
+        return [], np.zeros(0), np.zeros((0, 0, 0))
+    return names, np.asarray(truths), np.stack(columns, axis=-1)
+
+
+def rank_rows(
+    truth: Mapping[str, Any],
+    draws: Mapping[str, np.ndarray],
+    *,
+    thin_every: int,
+    rng: np.random.Generator,
+    quantities: list[str] | None = None,
+    start: int = 0,
+) -> list[dict[str, Any]]:
+    """One dict per scalar quantity: truth, rank among the thinned draws, posterior mean and sd.
+
+    (Interval coverage is derived from the ranks at analysis time, `analysis.coverage`:
+    intervals from interpolated draw quantiles would be biased.)
+
+    `truth` maps variable names to values, `draws` maps them to (chains, draws, *shape)
+    arrays. Only variables with a truth are ranked; `quantities` (scalar names)
+    narrows that further (`ranked_columns`). The ranks are among every `thin_every`-th
+    draw of each chain from `start`; mean and sd come from every draw.
+    """
+    names, t, full = ranked_columns(truth, draws, quantities)
+    if not names:
         return []
-    full = np.stack(columns, axis=-1)  # (chains, draws, Q)
-    t = np.asarray(truths)
     all_draws = full.reshape(-1, len(names))
-    kept = thin(full, thin_every)
+    kept = thin(full, thin_every, start)
     ranks = rank_of_truth(t, kept, rng)
     mean = all_draws.mean(axis=0)
     sd = all_draws.std(axis=0, ddof=1) if all_draws.shape[0] > 1 else np.zeros(len(names))

@@ -26,3 +26,14 @@ def inits_rng(fit_seed: int) -> np.random.Generator:
     study seed and the simulation index), independent of the simulator's and the ranks'
     streams, which stay as they were (existing ranks are unchanged)."""
     return np.random.default_rng(np.random.SeedSequence(fit_seed, spawn_key=(_INITS,)))
+
+
+#: The spawn key of the seeds of a fit's continuations (thin_ranks = "auto").
+_CONTINUED = 0xC0471
+
+
+def continuation_seed(fit_seed: int, k: int) -> int:
+    """CmdStan's seed for the k-th continuation (k = 1, 2, ...) of a fit's chains: a new
+    stream for each, so a continued chain never reuses the random numbers it already used."""
+    seq = np.random.SeedSequence(fit_seed, spawn_key=(_CONTINUED, k))
+    return int(seq.generate_state(1, dtype=np.uint32)[0] >> 1)  # CmdStan wants < 2**31

@@ -49,6 +49,8 @@ from sbc.simulate import (
     describe_function,
 )
 from sbc.simulator_table import parse_simulator, parse_stan_quantities
+from sbc.study_thin import auto_thinning_setting, check_auto, draws_per_chain, thin_ranks_setting
+from sbc.thinning import AutoThinning
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,9 @@ class Study:
     seed: int
     simulator: Simulator
     backend: BackendSpec = field(default_factory=BackendSpec)
-    thin_ranks: int = 10  # every thin_ranks-th draw of each chain is ranked (generic)
+    thin_ranks: int | str = 10  # every thin_ranks-th draw of each chain is ranked, or "auto"
+    #: the settings of thin_ranks = "auto" (``[thin_ranks_auto]``), None otherwise
+    auto_thinning: AutoThinning | None = None
     quantities: Quantities = Quantities()
     parallel: Parallel = Parallel()
     precheck: PrecheckSettings = PrecheckSettings()
@@ -105,7 +109,7 @@ class Study:
     settings: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def thin(self) -> int:
+    def thin(self) -> int | str:
         """sbc 0.1's name of `thin_ranks`."""
         return self.thin_ranks
 
@@ -133,9 +137,14 @@ class Study:
         ``[sampler]`` settings (for CmdStan under their sbc 0.1 names, whatever spelling
         the file uses) and ``thin`` (= `thin_ranks`), ``backend`` the type and the other
         settings (the backend's `settings_identity`). What only the analysis reads
-        (`pool`, `trace`) is not part of it.
+        (`pool`, `trace`) is not part of it. ``thin_ranks = "auto"`` adds its settings
+        (they change the fits: chains are continued to reach them); without it the
+        identity is what it always was.
         """
         sampler, options = _settings_identity(self.backend)
+        auto = {}
+        if self.auto_thinning is not None:
+            auto = {"thin_ranks_auto": dataclasses.asdict(self.auto_thinning)}
         quantities: dict[str, Any] = {
             "include": list(self.quantities.include),
             "derived": self.derived_described(),
@@ -149,6 +158,7 @@ class Study:
             "backend": {"type": self.backend.type, "options": options},
             "quantities": quantities,
             "keep_draws": self.keep_draws,
+            **auto,
         }
 
     def derived_described(self) -> dict[str, str]:
@@ -186,6 +196,7 @@ class Study:
                 for k, v in dataclasses.asdict(self.parallel).items()
             },
             "keep_draws": self.keep_draws,
+            **{k: v for k, v in self.identity().items() if k == "thin_ranks_auto"},
         }
 
     def identity_hash(self) -> str:
@@ -244,10 +255,12 @@ class Study:
                 where="command line",
             )
         where = str(self.path) if self.path else "study"
-        spec, needs_stan, thin = _settings(self.settings, where, self.base_dir, choose=backend)
+        spec, needs_stan, thin, auto = _settings(
+            self.settings, where, self.base_dir, choose=backend
+        )
         if needs_stan and self.stan is None:
             raise SBCError(f"stan: missing (backend {backend} fits a Stan program)", where=where)
-        changes: dict[str, Any] = {"backend": spec, "thin_ranks": thin}
+        changes: dict[str, Any] = {"backend": spec, "thin_ranks": thin, "auto_thinning": auto}
         if rename:
             changes["name"] = f"{self.name}-{backend}"
         return changes
@@ -290,6 +303,7 @@ def identity_from_manifest(study: dict[str, Any]) -> dict[str, Any] | None:
                 **({"stan": list(q["stan"])} if q.get("stan") else {}),
             },
             "keep_draws": study["keep_draws"],
+            **{k: v for k, v in study.items() if k == "thin_ranks_auto"},
         }
     except (KeyError, TypeError):
         return None
@@ -306,8 +320,10 @@ def available_cores() -> int:
 
 _TOP = {
     "name", "description", "stan", "sims", "seed", "keep_draws", "out", "thin_ranks",
-    "simulator", "sampler", "backend", "quantities", "parallel", "precheck",
+    "thin_ranks_auto", "simulator", "sampler", "backend", "quantities", "parallel", "precheck",
 }  # fmt: skip
+#: What a study says about how it is fitted and thinned (`Study.settings`).
+_SETTINGS = ("backend", "sampler", "thin_ranks", "thin_ranks_auto")
 _SECTIONS: dict[str, set[str]] = {
     "quantities": {"include", "derived", "pool", "trace", "stan"},
     "parallel": {"workers", "scheduler", "tls_ca_file", "tls_cert", "tls_key"},
@@ -341,8 +357,8 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     if not name or "/" in name or name.startswith("."):
         raise SBCError(f"name: must be a plain folder name, got {name!r}", where=where)
 
-    settings = {k: raw[k] for k in ("backend", "sampler", "thin_ranks") if k in raw}
-    backend, needs_stan, thin_ranks = _settings(settings, where, base)
+    settings = {k: raw[k] for k in _SETTINGS if k in raw}
+    backend, needs_stan, thin_ranks, auto_thinning = _settings(settings, where, base)
     stan = None
     if "stan" in raw:
         stan = check_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
@@ -387,6 +403,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         simulator=simulator,
         backend=backend,
         thin_ranks=thin_ranks,
+        auto_thinning=auto_thinning,
         quantities=quantities,
         parallel=parallel,
         precheck=precheck,
@@ -399,11 +416,12 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
 
 def _settings(
     raw: Mapping[str, Any], where: str, base: Path, choose: str | None = None
-) -> tuple[BackendSpec, bool, int]:
+) -> tuple[BackendSpec, bool, int | str, AutoThinning | None]:
     """The settings of the method a study runs: (its spec, whether it needs a Stan program,
-    thin_ranks). `raw` holds ``[backend]``, ``[sampler]`` and `thin_ranks` as written;
-    `choose` runs another backend than ``[backend] type``. Every method's table is checked,
-    the ones not run too, so a typo never waits for the day its method runs."""
+    thin_ranks, the settings of thin_ranks = "auto" or None). `raw` holds ``[backend]``,
+    ``[sampler]``, `thin_ranks` and ``[thin_ranks_auto]`` as written; `choose` runs another
+    backend than ``[backend] type``. Every method's table is checked, the ones not run too,
+    so a typo never waits for the day its method runs."""
     table = dict(check_table(raw.get("backend", {}), "backend", where))
     own = check_str(table.pop("type", "cmdstan"), "[backend] type", where)
     backend_class(own, where)
@@ -425,17 +443,21 @@ def _settings(
     tables.setdefault(own, Written("backend", table))
     sampler = dict(check_table(raw.get("sampler", {}), "sampler", where))
     chosen = choose or own
+    thin_ranks, label = thin_ranks_setting(raw.get("thin_ranks"), sampler.get("thin"), where)
+    auto = auto_thinning_setting(raw.get("thin_ranks_auto"), thin_ranks, where)
     specs = {name: _spec(name, t, sampler if name == own else None, where, base)
              for name, t in tables.items()}  # fmt: skip
     spec = specs.get(chosen) or _spec(chosen, Written(f"backend.{chosen}", {}), None, where, base)
-    thin_ranks, label = _thin_ranks(raw.get("thin_ranks"), sampler.get("thin"), where)
-    draws = _draws_per_chain(spec)
-    if draws is not None and thin_ranks > draws[0]:
+    draws = draws_per_chain(spec)
+    if auto is not None:
+        spec = dataclasses.replace(spec, extend_chains=True)
+        check_auto(spec, auto, draws, where)
+    elif draws is not None and thin_ranks > draws[0]:
         raise SBCError(
             f"{label}: {thin_ranks} is more than {draws[1]} ({draws[0]}); no draws would be left",
             where,
         )
-    return spec, bool(backend_class(chosen, where).needs_stan), thin_ranks
+    return spec, bool(backend_class(chosen, where).needs_stan), thin_ranks, auto
 
 
 def _spec(
@@ -494,27 +516,6 @@ def _keys(backend: str) -> set[str]:
         return set(field_names(backend_class(backend).Options))
     except SBCError:
         return set()
-
-
-def _thin_ranks(value: Any, sampler_thin: Any, where: str) -> tuple[int, str]:
-    """`thin_ranks` (R SBC's name) or ``[sampler] thin`` (sbc 0.1's), and which was written.
-    (The one place to read its value: issue 18 adds "auto" here.)"""
-    if value is not None and sampler_thin is not None:
-        raise SBCError("thin_ranks: also given as [sampler] thin (its old name); give it once",
-                       where=where)  # fmt: skip
-    if sampler_thin is not None:
-        return check_int(sampler_thin, "[sampler] thin", where, minimum=1), "[sampler] thin"
-    return check_int(10 if value is None else value, "thin_ranks", where, minimum=1), "thin_ranks"
-
-
-def _draws_per_chain(spec: BackendSpec) -> tuple[int, str] | None:
-    """(draws a chain yields, their name) when the settings say, for the thin_ranks check."""
-    for settings in (spec.options, spec.sampler):
-        count = getattr(settings, "draws_per_chain", None)
-        if callable(count):
-            return count()
-    draws = getattr(spec.sampler, "draws", None)  # sbc 0.1's [sampler] draws
-    return (draws, "draws") if isinstance(draws, int) else None
 
 
 def _settings_identity(spec: BackendSpec) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -20,7 +20,7 @@ WHERE = "sbc.run"
 #: The keywords of `sbc.run` that describe the study itself (see `sbc.api.run`).
 KEYWORDS = (
     "stan", "simulator", "simulator_args", "sims", "seed", "out", "name", "derived", "backend",
-    "sampler", "thin_ranks", "keep_draws", "include", "pool", "description",
+    "sampler", "thin_ranks", "thin_ranks_auto", "keep_draws", "include", "pool", "description",
 )  # fmt: skip
 
 
@@ -28,7 +28,8 @@ def study_from_objects(**given: Any) -> Study:
     """A checked `Study` from `sbc.run`'s keywords (`KEYWORDS`; None: not given), one-line
     SBCError on bad input: stan (a path or a CmdStanModel), simulator (a function, or a
     'module:function' spec), derived ({name: function or spec}), backend (a type name, or
-    the ``[backend]`` table), sampler (the ``[sampler]`` table), thin_ranks, ..."""
+    the ``[backend]`` table), sampler (the ``[sampler]`` table), thin_ranks (a stride or
+    "auto"), thin_ranks_auto (its settings, the ``[thin_ranks_auto]`` table), ..."""
     unknown = sorted(set(given) - set(KEYWORDS))
     if unknown:
         raise TypeError(f"study_from_objects() got unexpected keywords: {', '.join(unknown)}")
@@ -52,8 +53,9 @@ def study_from_objects(**given: Any) -> Study:
         raw["backend"] = {"type": backend} if isinstance(backend, str) else dict(backend)
     if g["sampler"]:
         raw["sampler"] = dict(g["sampler"])  # sbc 0.1's spelling of NUTS's settings
-    if g["thin_ranks"] is not None:
-        raw["thin_ranks"] = g["thin_ranks"]
+    for key in ("thin_ranks", "thin_ranks_auto"):  # a stride or "auto"; auto's settings
+        if g[key] is not None:
+            raw[key] = dict(g[key]) if key == "thin_ranks_auto" else g[key]
     quantities = {"derived": dict(g["derived"] or {}), "include": list(g["include"] or []),
                   "pool": list(g["pool"] or [])}  # fmt: skip
     raw["quantities"] = {k: v for k, v in quantities.items() if v}

@@ -388,3 +388,49 @@ def test_the_shipped_advi_studies_simulate_lmm_sbcs_datasets():
         assert datasets_key(advi) == datasets_key(nuts)
         assert advi.quantities == nuts.quantities and advi.stan == nuts.stan
         assert advi.thin_ranks == 10 and advi.backend.options.output_samples == 1000
+
+
+
+def test_the_shipped_auto_study_simulates_lmm_sbcs_datasets():
+    """lmm_sbc_auto.toml is compared with lmm_sbc.toml on the same datasets
+    (benchmarks/budget.py --studies): only its sampler and thinning differ."""
+    from sbc.checks import datasets_key
+
+    nuts = load_study(STUDIES / "lmm_sbc.toml")
+    auto = load_study(STUDIES / "lmm_sbc_auto.toml")
+    assert datasets_key(auto) == datasets_key(nuts)
+    assert auto.quantities == nuts.quantities and auto.stan == nuts.stan
+    assert auto.thin_ranks == "auto" and auto.auto_thinning.L == 100
+    assert auto.backend.options.chains == 1 and auto.backend.options.thin == 1
+    assert auto.identity_hash() != nuts.identity_hash()
+
+# -- thin_ranks = "auto" (issue 18) --------------------------------------------------------------
+
+
+def test_auto_thinning_is_in_the_identity_only_when_used():
+    fixed = _parse(_lmm(thin_ranks=10, backend={"iter_warmup": 250}))
+    assert "thin_ranks_auto" not in fixed.identity()  # every existing identity as it was
+    auto = _parse(_lmm(thin_ranks="auto", backend={"iter_warmup": 250}))
+    explicit = _parse(_lmm(thin_ranks="auto", backend={"iter_warmup": 250},
+                           thin_ranks_auto={"L": 100, "min_ess_per_draw": 0.5,
+                                            "max_draws": 4000}))  # fmt: skip
+    assert auto.identity_hash() == explicit.identity_hash()  # the defaults, written or not
+    assert auto.identity()["thin_ranks_auto"] == {"L": 100, "min_ess_per_draw": 0.5,
+                                                  "max_draws": 4000}  # fmt: skip
+    # its settings change the fits (chains are continued to reach them); "auto" the ranks
+    assert auto.fit_identity() != fixed.fit_identity()
+    assert auto.rank_identity()["thin"] == "auto"
+    other_L = _parse(_lmm(thin_ranks="auto", thin_ranks_auto={"L": 50}))
+    assert other_L.fit_identity() != auto.fit_identity()
+    assert auto.backend.extend_chains and not fixed.backend.extend_chains
+    # the manifest's description rebuilds the identity (what resuming old results relies on)
+    from sbc.study import identity_from_manifest, identity_hash
+
+    stored = json.loads(json.dumps(auto.describe(), default=str))
+    assert identity_hash(identity_from_manifest(stored)) == auto.identity_hash()
+
+
+def test_switching_an_auto_study_to_a_method_without_chains_is_refused():
+    auto = _parse(_lmm(thin_ranks="auto"))
+    with pytest.raises(SBCError, match=r'"auto" .* backend cmdstan-variational has no chains'):
+        auto.with_overrides(backend="cmdstan-variational")

@@ -167,6 +167,39 @@ def diagnostics_summary(
     return df
 
 
+def auto_thinning_summary(
+    sims: pd.DataFrame, L: pd.Series, chains: float
+) -> dict[str, float] | None:
+    """How ``thin_ranks = "auto"`` went over a study's successful fits (None if it was not
+    used): fits continued and how often, draws per chain (continuations included), the
+    stride chosen, and the smallest bulk or tail ESS of the ranked quantities per kept draw
+    (``ess_ranked_min / L``: below 0.5 only for a fit that reached ``max_draws``)."""
+    if "thin_every" not in sims:
+        return None
+    ok = sims[(sims["status"] == "ok") & sims["thin_every"].notna()]
+    if ok.empty:
+        return None
+    ext = pd.to_numeric(ok.get("extensions"), errors="coerce").fillna(0)
+    draws = pd.to_numeric(ok["n_draws"], errors="coerce") / chains
+    every = pd.to_numeric(ok["thin_every"], errors="coerce")
+    ess = pd.to_numeric(ok["ess_ranked_min"], errors="coerce") / L.reindex(ok.index)
+    return {
+        "fits": len(ok),
+        "continued": int((ext > 0).sum()),
+        "continuations": int(ext.sum()),
+        "most_continuations": int(ext.max()),
+        "draws_median": float(draws.median()),
+        "draws_p90": float(draws.quantile(0.9)),
+        "draws_max": float(draws.max()),
+        "every_median": float(every.median()),
+        "every_min": float(every.min()),
+        "every_max": float(every.max()),
+        "ess_median": float(ess.median()),
+        "ess_p10": float(ess.quantile(0.1)),
+        "ess_below_half": int((ess < 0.5).sum()),
+    }
+
+
 def rule_named(column: str, rules: Sequence[Rule] = DEFAULT_RULES) -> Rule:
     for rule in rules:
         if rule.column == column:

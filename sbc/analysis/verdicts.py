@@ -206,6 +206,14 @@ class Calibration:
             ),
         )
 
+    @property
+    def auto_thinning(self) -> dict[str, float] | None:
+        """How thin_ranks = "auto" went (`diagnostics.auto_thinning_summary`), or None."""
+        return self._cached(
+            "auto_thinning",
+            lambda: diag.auto_thinning_summary(self.simulations, self.kept_draws, self.chains),
+        )
+
     def flags(self) -> pd.DataFrame:
         """Per fit, True/False/NaN for each rule."""
         return diag.flag_table(self.simulations, self.kept_draws, self.chains, self.rules)

@@ -9,6 +9,8 @@ A backend is one module plus an entry point. The class declares, in one place:
   instead, see `sbc.options`). ``[sampler] thin`` is generic: `thin_ranks`. Values are
   checked by their declared types where they enter (`sbc.options.read_options`), and by
   the dataclass's own ``check(section, where)`` for more;
+* `extend` (optional, MCMC): continue a fit's chains without a new warm-up, which
+  ``thin_ranks = "auto"`` needs to bring a short fit to its target of kept draws;
 * `diagnostics`: what `diagnose` returns, with the rule that flags a fit
   (`sbc.store.Diagnostic`); they become the store's columns, and a key it returns
   without declaring it stops the study (a bug in the backend);
@@ -77,6 +79,9 @@ class BackendSpec:
     options: Any = field(default_factory=NoOptions)  # the backend's `Options`
     sampler: Any = None  # the backend's `Sampler` settings, if it has a [sampler] table
     table: Mapping[str, Any] = field(default_factory=dict)  # its settings as written
+    #: thin_ranks = "auto": fits may be continued (`Backend.extend`), so a backend writes
+    #: what continuing needs (CmdStan: draws at full precision)
+    extend_chains: bool = False
 
 
 @runtime_checkable
@@ -134,6 +139,13 @@ class Backend(Protocol):
     def diagnose(self, fit: Any) -> dict[str, float]:
         """How inference went: one value per declared diagnostic (missing ones are NULL)."""
         ...
+
+    # Optional, for MCMC backends (thin_ranks = "auto" needs it):
+    #
+    # def extend(self, fit, draws: int, seed: int, workdir: Path) -> fit:
+    #     """`fit` with each chain continued by `draws` draws: the same Markov chain (adapted
+    #     sampler, no new warm-up) from its last draw; its draws are the old ones, then
+    #     the new ones. `seed` is the continuation's own (from the simulation's)."""
 
     def close(self, fit: Any) -> None:
         """Release what a fit holds on disk once its results are stored."""

@@ -50,8 +50,8 @@ class RankPlan:
     """What a new version of the ranks is made of, checked before anything is computed."""
 
     parent: int  # the version whose moments and derived draws are reused
-    thin: int  # rank every thin-th draw (a multiple of the kept draws' stride)
-    keep_every: int  # the stride the kept draws were stored with
+    thin: int | str  # rank every thin-th draw (a multiple of the kept draws' stride), or "auto"
+    keep_every: int  # the stride the kept draws were stored with (1 with "auto")
     include: list[str]
     derived: dict[str, str]  # every derived quantity of the new version, described
     compute: dict[str, FunctionSpec]  # those computed now (new or redefined)
@@ -59,6 +59,12 @@ class RankPlan:
 
     def identity(self) -> str:
         return rank_identity_hash(self.thin, self.include, self.derived)
+
+    @property
+    def stride(self) -> int:
+        """Every stride-th kept draw is ranked ("auto": a fit kept exactly the draws it
+        ranked)."""
+        return 1 if self.thin == "auto" else int(self.thin) // self.keep_every
 
     def info(self, by: str, approximate: list[str]) -> dict[str, Any]:
         return {
@@ -75,7 +81,7 @@ class RankPlan:
 
 
 def rank_identity_hash(
-    thin: int, include: Sequence[str], derived: Mapping[str, str], stan: Sequence[str] = ()
+    thin: int | str, include: Sequence[str], derived: Mapping[str, str], stan: Sequence[str] = ()
 ) -> str:
     """The hash of what changes only the ranks, as `Study.rank_identity()` has it (the
     model's own quantities, ``[quantities] stan``, only when there are some)."""
@@ -181,7 +187,7 @@ def plan_version(
     manifest: dict[str, Any],
     parent: int,
     derived: Mapping[str, FunctionSpec | Any],
-    thin_ranks: int | None,
+    thin_ranks: int | str | None,
     where: str,
     include: Sequence[str] | None = None,
     quantities: Sequence[str] | None = None,
@@ -210,9 +216,20 @@ def plan_version(
             "study again with --new",
             where=where,
         )
-    keep_every = int(version_info(manifest, 1)["thin"] or 1)
-    thin = int(info["thin"] or keep_every) if thin_ranks is None else int(thin_ranks)
-    if thin < 1 or thin % keep_every:
+    kept_by = version_info(manifest, 1)["thin"]
+    if kept_by == "auto":  # each fit kept the draws it ranked, thinned its own way
+        if thin_ranks not in (None, "auto"):
+            raise SBCError(
+                f'--thin-ranks: {thin_ranks} cannot apply to ranks thinned per fit (thin_ranks '
+                '= "auto"): each fit kept only the draws it ranked',
+                where=where,
+            )
+        thin: int | str = "auto"
+        keep_every = 1
+    else:
+        keep_every = int(kept_by or 1)
+        thin = int(info["thin"] or keep_every) if thin_ranks is None else int(thin_ranks)
+    if thin != "auto" and (int(thin) < 1 or int(thin) % keep_every):
         raise SBCError(
             f"--thin-ranks: {thin} is not a multiple of {keep_every}, the stride the draws "
             "were kept with",
@@ -364,7 +381,7 @@ def _ranks_of(
     return rank_rows(
         truth,
         draws,
-        thin_every=plan.thin // plan.keep_every,
+        thin_every=plan.stride,
         rng=rank_rng,
         quantities=list(plan.quantities),
     )

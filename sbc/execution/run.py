@@ -34,6 +34,7 @@ from sbc.execution.task import Task
 from sbc.results import version_info
 from sbc.store import RANK_VERSIONS, Store
 from sbc.study import Study, identity_from_manifest, identity_hash, load_study, split_identity
+from sbc.thinning import DIAGNOSTICS as AUTO_DIAGNOSTICS
 
 
 def run(
@@ -85,7 +86,7 @@ def run(
             folder = _fresh_folder(folder)
         Store.check_writable(folder)
         with results_lock(folder), store_errors(folder):
-            store = Store.open_for_writing(folder, p.backend.diagnostics)
+            store = Store.open_for_writing(folder, _columns(p))
             try:
                 version = _resume_version(store, p, progress)
                 _record_manifest(store, p, version)
@@ -93,6 +94,12 @@ def run(
                 return _execute(p, store, folder, retry_failed, progress, stop, version)
             finally:
                 store.close()
+
+
+def _columns(p: Prepared) -> tuple:
+    """The store's columns: the backend's diagnostics, and auto thinning's if it thins so."""
+    auto = AUTO_DIAGNOSTICS if p.study.auto_thinning is not None else ()
+    return (*p.backend.diagnostics, *auto)
 
 
 def _fresh_folder(folder: Path) -> Path:
@@ -347,14 +354,15 @@ class _VersionOf:
         return self.store.simulations()
 
 
-def _kept_stride(store: Store, thin: int) -> int:
+def _kept_stride(store: Store, thin: int | str) -> int | None:
     """Kept draws are every k-th draw, k the thinning of the ranks' version 1, whatever
-    version a run writes: one stride for the whole store, so any re-ranking can use them."""
-    kept = version_info(store.manifest(), 1).get("thin")
-    return int(kept) if kept else thin
+    version a run writes: one stride for the whole store, so any re-ranking can use them.
+    (None with thin_ranks = "auto": a fit keeps the draws it ranked.)"""
+    kept = version_info(store.manifest(), 1).get("thin") or thin
+    return None if kept == "auto" else int(kept)
 
 
-def _task_factory(p: Prepared, tmp_root: str, keep_every: int):
+def _task_factory(p: Prepared, tmp_root: str, keep_every: int | None):
     study = p.study
 
     def task(sim: int) -> Task:
@@ -370,6 +378,7 @@ def _task_factory(p: Prepared, tmp_root: str, keep_every: int):
             tmp_root=tmp_root,
             stan_quantities=study.quantities.stan,
             keep_every=keep_every,
+            auto=study.auto_thinning,
         )
 
     return task

@@ -22,10 +22,12 @@ import numpy as np
 
 from sbc.backends import Backend
 from sbc.errors import SBCError, one_line
+from sbc.execution.autothin import thin_automatically
 from sbc.ranks import derived_truth_and_draws, rank_rows
 from sbc.seeds import simulation_seeds
 from sbc.simulate import FunctionSpec, Simulator, call_simulator, resolve_function
 from sbc.store import SimulationResult
+from sbc.thinning import AutoThinning
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,14 @@ class Task:
     master_seed: int
     simulator: Simulator
     backend: Backend
-    thin: int
+    thin: int | str  # a stride, or "auto" (then `auto` says how)
     quantities: tuple[str, ...]
     derived: dict[str, FunctionSpec]
     keep_draws: bool
     tmp_root: str
     stan_quantities: tuple[str, ...] = ()  # the model's own, evaluated at the truth
     keep_every: int | None = None  # stride of kept draws (the store's); default: thin
+    auto: AutoThinning | None = None  # thin_ranks = "auto": per fit, chains continued if short
 
 
 @dataclass(frozen=True)
@@ -137,39 +140,42 @@ def run_simulation(task: Task, reuse_workdir: bool = False) -> SimulationResult:
         with _captured_output():
             fit = task.backend.fit(data, fit_seed, workdir)
             draws = task.backend.draws(fit)
-            diagnostics = task.backend.diagnose(fit)
-        timings["fit_seconds"] = time.perf_counter() - t1
-        stage = "ranks"
-        t2 = time.perf_counter()
         if task.stan_quantities:
             stage = "[quantities] stan at the truth"
             at_truth = task.backend.quantities_at_truth(truth, data, task.stan_quantities, workdir)
             truth = {**truth, **at_truth}
-            stage = "ranks"
-        missing = sorted(set(truth) - set(draws))
-        if missing:
-            raise SBCError(f"the model does not produce {', '.join(missing)}")
-        for name in truth:
-            want, got = np.shape(truth[name]), draws[name].shape[2:]
-            if want != got:
-                raise SBCError(f"truth {name} has shape {want} but the model's {name} is {got}")
-        if task.derived:
+        stage = "ranks"
+        _check_truth_against_draws(truth, draws)
+        functions = {k: resolve_function(v) for k, v in task.derived.items()}
+        quantities = list(task.quantities) or None
+        start, every, extra = 0, task.thin, {}
+        if task.auto is not None:
+            stage = "auto thinning"
+            with _captured_output():
+                thinned = thin_automatically(task.backend, fit, truth, data, functions,
+                                             quantities, task.auto, fit_seed, workdir)  # fmt: skip
+            fit, truth, draws = thinned.fit, thinned.truth, thinned.draws
+            start, every, extra = thinned.thinning.start, thinned.thinning.every, \
+                thinned.diagnostics()  # fmt: skip
+        stage = "fit"
+        with _captured_output():
+            diagnostics = {**task.backend.diagnose(fit), **extra}
+        timings["fit_seconds"] = time.perf_counter() - t1
+        stage = "ranks"
+        t2 = time.perf_counter()
+        if functions and task.auto is None:
             stage = "derived quantities"
-            d_truth, d_draws = derived_truth_and_draws(
-                {k: resolve_function(v) for k, v in task.derived.items()}, truth, draws, data
-            )
+            d_truth, d_draws = derived_truth_and_draws(functions, truth, draws, data)
             truth = {**truth, **d_truth}
             draws = {**draws, **d_draws}
             stage = "ranks"
-        rows = rank_rows(
-            truth,
-            draws,
-            thin_every=task.thin,
-            rng=rank_rng,
-            quantities=list(task.quantities) or None,
-        )
-        every = task.keep_every or task.thin
-        kept = _npz({k: v[:, ::every] for k, v in draws.items()}) if task.keep_draws else None
+        assert isinstance(every, int)
+        rows = rank_rows(truth, draws, thin_every=every, rng=rank_rng, quantities=quantities,
+                         start=start)  # fmt: skip
+        kept = None
+        if task.keep_draws:  # auto: the draws ranked; else every keep_every-th (the store's)
+            stride = every if task.auto is not None else task.keep_every or every
+            kept = _npz({k: v[:, start::stride] for k, v in draws.items()})
         timings["rank_seconds"] = time.perf_counter() - t2
         timings["wall_seconds"] = time.perf_counter() - t0
         return SimulationResult(
@@ -193,6 +199,16 @@ def run_simulation(task: Task, reuse_workdir: bool = False) -> SimulationResult:
         if fit is not None:
             task.backend.close(fit)
         _clean(workdir, keep=reuse_workdir)
+
+
+def _check_truth_against_draws(truth: dict, draws: dict[str, np.ndarray]) -> None:
+    missing = sorted(set(truth) - set(draws))
+    if missing:
+        raise SBCError(f"the model does not produce {', '.join(missing)}")
+    for name in truth:
+        want, got = np.shape(truth[name]), draws[name].shape[2:]
+        if want != got:
+            raise SBCError(f"truth {name} has shape {want} but the model's {name} is {got}")
 
 
 def failed_result(task: Task, error: str) -> SimulationResult:

@@ -34,7 +34,12 @@ def diagnostics_section(results: StoredResults, cal: Calibration) -> str:
     sims = results.simulations
     if sims.empty:
         return "<h2>Diagnostics</h2>\n<p>No simulation is stored yet.</p>"
-    parts = ["<h2>Diagnostics</h2>", _diagnostics_table(cal), _failures(sims)]
+    parts = [
+        "<h2>Diagnostics</h2>",
+        _diagnostics_table(cal),
+        _auto_thinning(results, cal),
+        _failures(sims),
+    ]
     if not cal.table.empty:
         parts += [_split_section(cal, label, columns) for label, columns in SPLITS]
     return "\n".join(p for p in parts if p)
@@ -81,6 +86,43 @@ def _diagnostics_table(cal: Calibration) -> str:
     header = ["diagnostic", "rule", "flagged", "known", "share", "why"]
     return f'<p class="explain">{h.e(intro)}</p>' + h.table(
         header, rows, {2, 3, 4}, classes, css="compact"
+    )
+
+
+def _auto_thinning(results: StoredResults, cal: Calibration) -> str:
+    """What thin_ranks = "auto" did: fits continued, draws used, strides, ESS per kept draw."""
+    a = cal.auto_thinning
+    if a is None:
+        return ""
+    settings = (results.manifest.get("study") or {}).get("thin_ranks_auto") or {}
+    L = int(cal.kept_draws.median())
+    target = settings.get("min_ess_per_draw", "?")
+    cap = settings.get("max_draws", "?")
+    n = int(a["fits"])
+    rows = [
+        ["fits continued (no new warm-up)",
+         f"{a['continued']} of {n} ({h.pct(a['continued'] / n)})"],
+        ["continuations",
+         f"{a['continuations']} in all, at most {a['most_continuations']} for one fit"],
+        ["draws per chain, continuations included",
+         f"median {a['draws_median']:.0f}, 90th percentile {a['draws_p90']:.0f}, "
+         f"largest {a['draws_max']:.0f} (limit {cap})"],
+        ["stride (every k-th draw of each chain ranked)",
+         f"median {a['every_median']:.0f} (from {a['every_min']:.0f} to {a['every_max']:.0f})"],
+        ["ESS per kept draw (ess_ranked_min / L)",
+         f"median {a['ess_median']:.2f}, 10th percentile {a['ess_p10']:.2f}; below 0.5: "
+         f"{a['ess_below_half']} of {n}"],
+    ]  # fmt: skip
+    text = (
+        f'thin_ranks = "auto": each fit keeps L = {L} draws, as far apart as its chains allow. '
+        f"A fit whose ranked quantities had a bulk or tail ESS below {target} x L after the "
+        f"planned draws was continued as the same Markov chains (adapted step size and metric, "
+        f"from their last draws) until they had, or until {cap} draws per chain. Only fits "
+        "that reached that limit keep draws with ESS / L below the target."
+    )
+    return (
+        f"<h3>Auto thinning</h3><p>{h.e(text)}</p>"
+        + h.table(["", "value"], [[h.e(k), h.e(v)] for k, v in rows], css="compact auto")
     )
 
 

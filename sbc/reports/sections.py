@@ -177,7 +177,9 @@ def _ranks_line(results: StoredResults) -> str:
     info = results.version_info()
     text = f"version {results.ranks_version} of {len(results.rank_versions)}"
     made = "re-ranked from kept draws" if info.get("by") == "rerank" else "ranked by the run"
-    text += f" ({made}, thinned by {info.get('thin', '?')}"
+    thin = info.get("thin", "?")
+    how = 'per fit (thin_ranks = "auto")' if thin == "auto" else f"by {thin}"
+    text += f" ({made}, thinned {how}"
     if info.get("derived"):
         text += f"; derived: {', '.join(info['derived'])}"
     approximate = info.get("moments_from_kept_draws") or []

@@ -20,6 +20,9 @@ from sbc.backends.cmdstan.program import StanProgram, cmdstan_failure, initial_v
 from sbc.errors import SBCError
 from sbc.store import Diagnostic
 
+#: CmdStan's largest `sig_figs`: what a chain that is continued is written with.
+FULL_PRECISION = 18
+
 
 @dataclass(frozen=True)
 class SampleSettings:
@@ -120,8 +123,25 @@ DIAGNOSTICS = (
     Diagnostic("stepsize", "REAL", doc="adapted step size, mean over chains"),
     Diagnostic("warmup_seconds", "REAL", doc="CmdStan's warm-up time, summed over chains"),
     Diagnostic("sampling_seconds", "REAL", doc="CmdStan's sampling time, summed over chains"),
-    Diagnostic("n_draws", "INTEGER", doc="posterior draws (chains x draws), before thinning"),
+    Diagnostic("n_draws", "INTEGER", doc="posterior draws (chains x draws), before thinning, "
+               "continuations included"),
+    Diagnostic("n_leapfrog", "INTEGER", doc="gradient evaluations after warm-up: n_leapfrog__ "
+               "summed over chains and draws, continuations included"),
+    Diagnostic("extensions", "INTEGER", doc="times the chains were continued (no new warm-up) "
+               "to reach thin_ranks = \"auto\"'s target; 0: never"),
 )  # fmt: skip
+
+
+@dataclass
+class NutsFit:
+    """A fit whose chains were continued: its CmdStan runs in order, the first with warm-up
+    and each later one starting from the last draws of the one before."""
+
+    runs: list[Any]
+
+
+def _runs(fit: Any) -> list[Any]:
+    return fit.runs if isinstance(fit, NutsFit) else [fit]
 
 
 @dataclass
@@ -130,6 +150,7 @@ class CmdStanBackend(StanProgram):
 
     settings: NutsSettings = NutsSettings()
     parallel_chains: int = 1
+    continued: bool = False  # thin_ranks = "auto": fits may be continued (`extend`)
     name = "cmdstan"
     method = "NUTS (CmdStan's sample)"
     Options = NutsSettings
@@ -145,6 +166,7 @@ class CmdStanBackend(StanProgram):
             stan_file=stan,
             settings=settings,
             parallel_chains=max(1, min(settings.chains, cores)),
+            continued=spec.extend_chains,
         )
 
     # -- once per simulation, in a worker ---------------------------------------------------------
@@ -167,7 +189,9 @@ class CmdStanBackend(StanProgram):
             "adapt_step_size": s.adapt_step_size,
             "inits": initial_values(s.inits, seed, data, s.chains),
             "refresh": s.refresh,
-            "sig_figs": s.sig_figs,
+            # a continued chain starts from its last draw as written: at full precision, so
+            # it continues exactly (a simplex rounded to 6 digits is no longer a simplex)
+            "sig_figs": FULL_PRECISION if self.continued else s.sig_figs,
         }
         return {
             "data": str(data_file),
@@ -185,6 +209,44 @@ class CmdStanBackend(StanProgram):
             "timeout": s.timeout or None,
         }
 
+    def extend(self, fit: Any, draws: int, seed: int, workdir: Path) -> NutsFit:
+        """`fit` with each chain continued by `draws` draws, as the same Markov chain: the step
+        size and inverse metric each chain adapted, ``adapt_engaged=False`` and no warm-up,
+        each chain starting from its last draw (written at full precision). `seed` is the
+        continuation's own, so no random number of the chain is used twice."""
+        runs = _runs(fit)
+        first, last = runs[0], runs[-1]
+        if first.step_size is None:  # fixed_param: a model without parameters
+            raise RuntimeError("a run without parameters (fixed_param) cannot be continued")
+        chains = last.chains
+        names = list((self._info or {}).get("parameters") or last.metadata.stan_vars)
+        ends = {}
+        for name in names:  # each chain's last draw of each parameter
+            value = last.stan_variable(name)
+            ends[name] = value.reshape(chains, -1, *value.shape[1:])[:, -1]
+        s = self.settings
+        arguments: dict[str, Any] = {
+            "data": str(workdir / "data.json"),  # `write_data`'s, from the first run
+            "chains": chains,
+            "parallel_chains": self.parallel_chains,
+            "seed": seed,
+            "iter_warmup": 0,
+            "iter_sampling": draws,
+            "max_treedepth": s.max_treedepth,
+            "adapt_engaged": False,
+            "metric": first.metric_type,
+            "step_size": [float(x) for x in first.step_size],
+            "inits": [{n: v[c] for n, v in ends.items()} for c in range(chains)],
+            "sig_figs": FULL_PRECISION,
+            "output_dir": str(workdir / f"continued-{len(runs)}"),
+            "show_progress": False,
+            "show_console": False,
+            "timeout": s.timeout or None,
+        }
+        if first.inv_metric is not None:  # None: unit_e
+            arguments["inv_metric"] = list(first.inv_metric)
+        return NutsFit([*runs, self.sample(workdir, arguments)])
+
     def sample(self, workdir: Path, arguments: dict[str, Any]) -> Any:
         """One run of CmdStan's sampler; a failure is one line (the runner records it)."""
         try:
@@ -197,13 +259,18 @@ class CmdStanBackend(StanProgram):
             raise RuntimeError(cmdstan_failure(str(exc))) from None
 
     def draws(self, fit: Any) -> dict[str, np.ndarray]:
-        """Every variable of the program, and ``lp__`` (rankable: ``[quantities] stan``)."""
-        chains = fit.chains
+        """Every variable of the program, and ``lp__`` (rankable: ``[quantities] stan``),
+        over every run of a fit (continuations of thin_ranks = "auto" included)."""
+        runs = _runs(fit)
         out = {}
-        for name in fit.metadata.stan_vars:
-            value = fit.stan_variable(name)
-            out[name] = value.reshape(chains, -1, *value.shape[1:])
-        out["lp__"] = fit.method_variables()["lp__"].T  # (draws, chains) -> (chains, draws)
+        for name in runs[0].metadata.stan_vars:
+            parts = []
+            for run in runs:
+                value = run.stan_variable(name)
+                parts.append(value.reshape(run.chains, -1, *value.shape[1:]))
+            out[name] = np.concatenate(parts, axis=1)
+        # (draws, chains) -> (chains, draws), run after run
+        out["lp__"] = np.concatenate([r.method_variables()["lp__"].T for r in runs], axis=1)
         return out
 
     def diagnose(self, fit: Any) -> dict[str, float]:
@@ -214,22 +281,31 @@ class CmdStanBackend(StanProgram):
         """
         from sbc.backends.convergence import convergence, ebfmi
 
-        arr = fit.draws()  # (draws, chains, columns)
-        method = set(fit.metadata.method_vars)  # lp__, accept_stat__, ..., energy__
-        keep = [i for i, c in enumerate(fit.column_names) if c not in method]
+        runs = _runs(fit)
+        first = runs[0]
+        arr = np.concatenate([r.draws() for r in runs])  # (draws, chains, columns)
+        method = set(first.metadata.method_vars)  # lp__, accept_stat__, ..., energy__
+        keep = [i for i, c in enumerate(first.column_names) if c not in method]
         params = np.moveaxis(arr[:, :, keep], 2, 0).transpose(0, 2, 1)  # (params, chains, draws)
         varying = params[np.ptp(params.reshape(len(params), -1), axis=1) > 0]
-        diag: dict[str, float] = {"n_draws": int(arr.shape[0] * arr.shape[1])}
-        if fit.divergences is not None:  # None: a model without parameters (fixed_param)
-            diag["divergences"] = int(fit.divergences.sum())
-            diag["treedepth_hits"] = int(fit.max_treedepths.sum())
-            diag["ebfmi_min"] = float(np.min(ebfmi(fit.method_variables()["energy__"].T)))
-            diag["stepsize"] = float(np.mean(fit.step_size))
+        diag: dict[str, float] = {
+            "n_draws": int(arr.shape[0] * arr.shape[1]),
+            "extensions": len(runs) - 1,
+        }
+        if first.divergences is not None:  # None: a model without parameters (fixed_param)
+            sampler = [r.method_variables() for r in runs]
+            energy = np.concatenate([m["energy__"] for m in sampler])  # (draws, chains)
+            diag["divergences"] = int(sum(r.divergences.sum() for r in runs))
+            diag["treedepth_hits"] = int(sum(r.max_treedepths.sum() for r in runs))
+            diag["ebfmi_min"] = float(np.min(ebfmi(energy.T)))
+            diag["stepsize"] = float(np.mean(first.step_size))
+            diag["n_leapfrog"] = int(sum(m["n_leapfrog__"].sum() for m in sampler))
         if len(varying) and arr.shape[1] * arr.shape[0] >= 8:
             rhat, ess_bulk, ess_tail = convergence(varying)
             diag["rhat_max"] = float(np.nanmax(rhat))
             diag["ess_bulk_min"] = float(np.nanmin(ess_bulk))
             diag["ess_tail_min"] = float(np.nanmin(ess_tail))
-        diag["warmup_seconds"] = sum(t.get("warmup", 0.0) for t in fit.time)
-        diag["sampling_seconds"] = sum(t.get("sampling", 0.0) for t in fit.time)
+        times = [t for r in runs for t in r.time]
+        diag["warmup_seconds"] = sum(t.get("warmup", 0.0) for t in times)
+        diag["sampling_seconds"] = sum(t.get("sampling", 0.0) for t in times)
         return diag
