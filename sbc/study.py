@@ -61,6 +61,12 @@ class Study:
     out: Path | None = None
     keep_draws: bool = False
     description: str = ""
+    model: Any = None  # a `sbc.models.ModelInfo` when the study has a [model] formula
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What each quantity is, in the model's words (formula models): e.g. beta[2] -> x."""
+        return dict(self.model.labels) if self.model is not None else {}
 
     @property
     def sampler(self) -> Any:
@@ -77,6 +83,13 @@ class Study:
 
     def workers(self) -> int:
         return self.parallel.workers or available_cores()
+
+    def write_program(self, folder: Path) -> Path | None:
+        """A program generated from ``[model]``, written beside the results to read and reuse
+        (not when ``--stan`` replaced it)."""
+        if self.model is None or self.stan != self.model.stan_file:
+            return None
+        return self.model.write(folder)
 
     def identity(self) -> dict[str, Any]:
         """What must not change for stored results to stay valid (sims and parallelism may).
@@ -116,6 +129,7 @@ class Study:
             "quantities": dataclasses.asdict(self.quantities),
             "parallel": dataclasses.asdict(self.parallel),
             "keep_draws": self.keep_draws,
+            **({"model": self.model.describe(), "labels": self.labels} if self.model else {}),
         }
 
     def identity_hash(self) -> str:
@@ -166,7 +180,7 @@ def available_cores() -> int:
 
 _TOP = {
     "name", "description", "stan", "sims", "seed", "keep_draws", "out",
-    "simulator", "sampler", "backend", "quantities", "parallel",
+    "simulator", "sampler", "backend", "quantities", "parallel", "model",
 }  # fmt: skip
 _SECTIONS: dict[str, set[str]] = {
     "simulator": {"function", "args"},
@@ -202,19 +216,22 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
 
     backend, needs_stan = _backend(raw.get("backend", {}), where)
     stan = None
-    if "stan" in raw:
+    model = simulator = None
+    if "model" in raw:  # a formula: the Stan program (and the simulator) come from it
+        if "stan" in raw:
+            raise SBCError("stan: a study with a [model] formula generates its program; "
+                           "give one of the two", where=where)  # fmt: skip
+        from sbc.models.section import parse_model
+
+        built = parse_model(raw, base, where)
+        model, simulator, stan = built.info, built.simulator, built.info.stan_file
+    elif "stan" in raw:
         stan = _existing_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
     elif needs_stan:
         raise SBCError("stan: missing (the Stan program to calibrate)", where=where)
 
-    sim_raw = check_table(raw.get("simulator"), "simulator", where, required=True)
-    no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
-    if "function" not in sim_raw:
-        raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
-    simulator = PythonSimulator(
-        function=_callable_spec(sim_raw["function"], "[simulator] function", where, base),
-        args=check_table(sim_raw.get("args", {}), "[simulator] args", where),
-    )
+    if simulator is None:
+        simulator = _python_simulator(raw.get("simulator"), where, base)
 
     backend, thin = _sampler(raw.get("sampler", {}), backend, where)
     q_raw = check_table(raw.get("quantities", {}), "quantities", where)
@@ -224,9 +241,17 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         k: _callable_spec(v, f"[quantities] derived.{k}", where, base) for k, v in derived.items()
     }
     quantities = Quantities(
-        include=check_names(q_raw.get("include", []), "[quantities] include", where),
+        include=check_names(
+            q_raw.get("include", _model_variables(simulator) if model else []),
+            "[quantities] include",
+            where,
+        ),
         derived=derived,
-        pool=_variables(q_raw.get("pool", []), "[quantities] pool", where),
+        pool=_variables(
+            q_raw.get("pool", model.model.group_variables() if model else []),
+            "[quantities] pool",
+            where,
+        ),
         trace=_variables(q_raw.get("trace", []), "[quantities] trace", where),
     )
     p_raw = check_table(raw.get("parallel", {}), "parallel", where)
@@ -250,6 +275,25 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         out=(base / check_str(out, "out", where)) if out is not None else None,
         keep_draws=check_bool(raw.get("keep_draws", False), "keep_draws", where),
         description=check_str(raw.get("description", ""), "description", where),
+        model=model,
+    )
+
+
+def _model_variables(simulator: Simulator) -> list[str]:
+    """A formula model's variables in its own order (beta, sigma, tau, rho, b), not sorted."""
+    variables = getattr(simulator, "variables", None)
+    return variables() if callable(variables) else []
+
+
+def _python_simulator(raw: Any, where: str, base: Path) -> PythonSimulator:
+    """``[simulator] function = "module:function"`` with ``args``."""
+    sim_raw = check_table(raw, "simulator", where, required=True)
+    no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
+    if "function" not in sim_raw:
+        raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
+    return PythonSimulator(
+        function=_callable_spec(sim_raw["function"], "[simulator] function", where, base),
+        args=check_table(sim_raw.get("args", {}), "[simulator] args", where),
     )
 
 

@@ -1,0 +1,247 @@
+"""Formula models (issue 16): the acceptance runs, and the figures they give.
+
+    python benchmarks/formula_models.py run      [--sims 200] [--out DIR] [--only seed,...]
+    python benchmarks/formula_models.py report   [--out DIR]
+    python benchmarks/formula_models.py recover  [--draws 5000]
+
+Parts (``--only``):
+
+* ``seed``: `studies/lmm_sbc.toml` (hand-written program, `sbc.simulators.lmm`) and
+  `studies/lmm_formula_seed.toml` (the same model from its formula) on one seed: the truths
+  of every simulation compared bit for bit, the verdicts side by side.
+* ``crossed``: `studies/lmm_formula_crossed.toml` in both parameterisations (centred, non-
+  centred) on the same datasets: per-fit time (wall, and CmdStan's warm-up + sampling
+  seconds summed over chains), divergences and other flags, and each one's `sbc check`.
+* ``missing``: `studies/lmm_formula_crossed_missing_slope.toml`: which quantities fail.
+
+``recover`` fits the seed's example (lmm_recovery's dataset, seed 1) with the hand-written
+program and with the program generated from the formula, long chains, and tests equality of
+every posterior mean within Monte Carlo error (z on the MCSEs, Bonferroni over quantities).
+
+Runs resume (each part is an ordinary sbc study folder under --out); `report` only reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sbc  # noqa: E402
+from sbc.checks import check  # noqa: E402
+from sbc.study import Study, load_study, parse_study  # noqa: E402
+
+STUDIES = ROOT / "studies"
+CROSSED = STUDIES / "lmm_formula_crossed.toml"
+STYLES = {"centred": "lmm_formula_crossed_centred", "non-centred": "lmm_formula_crossed_noncentred"}
+#: lmm_sbc's names -> the formula's names (the seed's model, one factor "group").
+SEED_NAMES = {"beta": "beta", "sigma": "sigma", "tau": "tau_group", "rho": "rho_group",
+              "b": "b_group", "loglik": "loglik"}  # fmt: skip
+
+
+def crossed_variant(style: str) -> Study:
+    """lmm_formula_crossed.toml with its parameterisation set (same seed, same datasets)."""
+    raw = tomllib.loads(CROSSED.read_text())
+    raw["model"]["parameterisation"] = style
+    raw["name"] = STYLES[style]
+    return parse_study(raw, CROSSED)
+
+
+def studies(part: str) -> list[tuple[str, Study]]:
+    if part == "seed":
+        return [(n, load_study(STUDIES / f"{n}.toml")) for n in ("lmm_sbc", "lmm_formula_seed")]
+    if part == "crossed":
+        return [(STYLES[s], crossed_variant(s)) for s in STYLES]
+    if part == "missing":
+        name = "lmm_formula_crossed_missing_slope"
+        return [(name, load_study(STUDIES / f"{name}.toml"))]
+    raise SystemExit(f"unknown part {part!r}")
+
+
+def run(args: argparse.Namespace) -> None:
+    for part in args.only:
+        for name, study in studies(part):
+            print(f"== {part}: {name} ({args.sims} simulations)", flush=True)
+            sbc.run(study, sims=args.sims, out=args.out / name, progress=not args.quiet)
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _seed_name(q: str) -> str:
+    base, _, rest = q.partition("[")
+    name = SEED_NAMES[base]
+    if base == "rho":  # lmm's rho[1] (a vector) is the formula's scalar rho_group
+        return name
+    return f"{name}[{rest}" if rest else name
+
+
+def report_seed(out: Path, alpha: float) -> None:
+    a, b = sbc.load(out / "lmm_sbc"), sbc.load(out / "lmm_formula_seed")
+    ra = a.ranks.assign(quantity=a.ranks["quantity"].map(_seed_name))
+    m = ra.merge(b.ranks, on=["sim", "quantity"], suffixes=("_lmm", "_formula"))
+    params = m[m["quantity"] != "loglik"]
+    same = (params["truth_lmm"].to_numpy() == params["truth_formula"].to_numpy()).mean()
+    ll = m[m["quantity"] == "loglik"]
+    print(f"seed: {m['sim'].nunique()} simulations in both, {len(params)} (simulation, "
+          f"parameter) truths: {same:.1%} bit-identical; loglik truths identical: "
+          f"{(ll['truth_lmm'] == ll['truth_formula']).mean():.1%}; ranks identical: "
+          f"{(m['rank_lmm'] == m['rank_formula']).mean():.1%}")  # fmt: skip
+    ca, cb = check(a, alpha=alpha), check(b, alpha=alpha)
+    va = ca.verdicts.assign(quantity=ca.verdicts["quantity"].map(_pooled_seed_name))
+    v = va.merge(cb.verdicts, on="quantity", suffixes=("_lmm", "_formula"))
+    agree = (v["calibrated_lmm"] == v["calibrated_formula"]).mean()
+    print(f"seed: verdicts agree on {agree:.0%} of {len(v)} rows; lmm_sbc "
+          f"{'passes' if ca.passed else 'FAILS'}, lmm_formula_seed "
+          f"{'passes' if cb.passed else 'FAILS'}")  # fmt: skip
+    cols = ["quantity", "p_holm_lmm", "p_holm_formula", "coverage90_lmm", "coverage90_formula"]
+    print(_table(v[~v["quantity"].str.match(r"b_group\[\d")][cols]))
+    print(f"  lmm_sbc: {ca.headline}\n  formula: {cb.headline}")
+
+
+def _pooled_seed_name(q: str) -> str:
+    return _seed_name(q.replace("*", "0")).replace("[0,", "[*,")
+
+
+def report_crossed(out: Path, alpha: float) -> None:
+    rows, per_sim = [], {}
+    for style, name in STYLES.items():
+        if not (out / name).exists():
+            continue
+        res = sbc.load(out / name)
+        s = res.simulations
+        ok = s[s["status"] == "ok"]
+        cpu = ok["warmup_seconds"] + ok["sampling_seconds"]
+        per_sim[style] = cpu.set_axis(ok["sim"])
+        c = check(res, alpha=alpha)
+        failing = ", ".join(c.calibration.failing()["quantity"].head(6)) or "-"
+        rows.append({
+            "parameterisation": style,
+            "sims": len(ok),
+            "failed": int((s["status"] == "failed").sum()),
+            "fit wall s (median)": ok["fit_seconds"].median(),
+            "fit wall s (mean)": ok["fit_seconds"].mean(),
+            "CmdStan s/fit (median)": cpu.median(),
+            "CmdStan s/fit (mean)": cpu.mean(),
+            "fits w/ divergences": int((ok["divergences"] > 0).sum()),
+            "divergences (total)": int(ok["divergences"].sum()),
+            "treedepth-hit fits": int((ok["treedepth_hits"] > 0).sum()),
+            "E-BFMI<0.3 fits": int((ok["ebfmi_min"] < 0.3).sum()),
+            "sbc check": "passes" if c.passed else "FAILS",
+            "failing": failing,
+        })  # fmt: skip
+    if not rows:
+        return
+    print(_table(pd.DataFrame(rows).T.reset_index(), header=False))
+    if len(per_sim) == 2:
+        both = pd.concat(per_sim, axis=1).dropna()
+        ratio = both["centred"] / both["non-centred"]
+        print(f"crossed: paired over {len(both)} datasets, CmdStan seconds centred / non-centred: "
+              f"median {ratio.median():.2f}, geometric mean {np.exp(np.log(ratio).mean()):.2f}; "
+              f"centred slower on {(ratio > 1).mean():.0%}")  # fmt: skip
+
+
+def report_missing(out: Path, alpha: float) -> None:
+    name = "lmm_formula_crossed_missing_slope"
+    if not (out / name).exists():
+        return
+    c = check(out / name, alpha=alpha)
+    t = c.verdicts
+    print(f"missing slope: {c.headline}")
+    bad = c.calibration.failing()
+    print(
+        _table(
+            bad[["quantity", "label", "p_holm", "coverage90", "shape"]]
+            if "label" in bad
+            else bad[["quantity", "p_holm", "coverage90", "shape"]]
+        )
+    )
+    print(f"  ({len(bad)} of {len(t)} rows fail)")
+
+
+def report(args: argparse.Namespace) -> None:
+    for part in args.only:
+        try:
+            {"seed": report_seed, "crossed": report_crossed, "missing": report_missing}[part](
+                args.out, args.alpha
+            )
+        except (FileNotFoundError, sbc.SBCError) as exc:
+            print(f"{part}: no results yet ({exc})")
+        print()
+
+
+def _table(df: pd.DataFrame, header: bool = True) -> str:
+    with pd.option_context("display.max_rows", 500, "display.width", 160):
+        return df.to_string(index=False, header=header, float_format=lambda v: f"{v:.3g}")
+
+
+# -- recover: the hand-written program and the generated one on the seed's dataset ---------------
+
+
+def recover(args: argparse.Namespace) -> None:
+    import cmdstanpy
+
+    from sbc.backends.cmdstan.sample import quiet_cmdstanpy
+    from sbc.seeds import simulation_seeds
+    from sbc.simulate import call_simulator
+
+    quiet_cmdstanpy()
+    hand = load_study(STUDIES / "lmm_recovery.toml")
+    formula = load_study(STUDIES / "lmm_formula_recovery.toml")
+    rng_a, _, _ = simulation_seeds(hand.seed, 0)
+    rng_b, _, _ = simulation_seeds(formula.seed, 0)
+    _, data_a = call_simulator(hand.simulator, rng_a)
+    _, data_b = call_simulator(formula.simulator, rng_b)
+    same = np.array_equal(data_a["y"], data_b["y"]) and np.array_equal(data_a["X"], data_b["X"])
+    print(f"recover: the two datasets are {'bit-identical' if same else 'DIFFERENT'}")
+    summaries = {}
+    for label, study, data, seed in (("hand", hand, data_a, 1), ("formula", formula, data_b, 2)):
+        model = cmdstanpy.CmdStanModel(stan_file=study.stan)
+        fit = model.sample(data=data, chains=4, iter_warmup=1000, iter_sampling=args.draws,
+                           seed=seed, show_progress=False)  # fmt: skip
+        summaries[label] = fit.summary()
+    a = summaries["hand"].rename(index=_seed_name_or_none).dropna(how="all")
+    b = summaries["formula"]
+    names = [q for q in a.index if q in b.index]
+    z = (a.loc[names, "Mean"] - b.loc[names, "Mean"]) / np.hypot(
+        a.loc[names, "MCSE"], b.loc[names, "MCSE"]
+    )
+    from scipy.stats import norm
+
+    limit = norm.isf(0.01 / 2 / len(names))
+    print(f"recover: {len(names)} quantities; posterior means differ by |z| <= "
+          f"{np.abs(z).max():.2f} (z on the two MCSEs; Bonferroni limit at family level 0.01: "
+          f"{limit:.2f}) -> {'match' if np.abs(z).max() < limit else 'DIFFER'}")  # fmt: skip
+    table = pd.DataFrame({"mean hand": a.loc[names, "Mean"], "mean formula": b.loc[names, "Mean"],
+                          "sd hand": a.loc[names, "StdDev"], "sd formula": b.loc[names, "StdDev"],
+                          "z": z})  # fmt: skip
+    print(_table(table.reset_index().rename(columns={"index": "quantity"}).head(12)))
+
+
+def _seed_name_or_none(q: str) -> str | None:
+    base = q.partition("[")[0]
+    return _seed_name(q) if base in SEED_NAMES and base != "loglik" else None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["run", "report", "recover"])
+    p.add_argument("--sims", type=int, default=200)
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "formula_models")
+    p.add_argument("--only", type=lambda s: s.split(","), default=["seed", "crossed", "missing"])
+    p.add_argument("--alpha", type=float, default=0.01)
+    p.add_argument("--draws", type=int, default=5000, help="recover: draws per chain")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args()
+    {"run": run, "report": report, "recover": recover}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
