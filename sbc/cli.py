@@ -303,6 +303,8 @@ def _check(args: argparse.Namespace) -> int:
         pool=args.pool,
     )
     cols = ["quantity", "n", "log_gamma_ratio", "p_value", "p_holm", "coverage90", "shape"]
+    if outcome.verdicts["label"].astype(bool).any():  # a formula model's names for them
+        cols.insert(1, "label")
     print(_table(outcome.verdicts[cols]))
     print()
     print(outcome.headline)

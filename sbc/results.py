@@ -40,6 +40,12 @@ class Results:
         """Variables whose components are pooled over their first index (`[quantities] pool`)."""
         return tuple(self.manifest.get("study", {}).get("quantities", {}).get("pool", ()))
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """What each quantity is in the model's words (formula models: beta[2] -> "x"), as the
+        study recorded them; {} for other studies."""
+        return dict(self.manifest.get("study", {}).get("labels", {}))
+
     def draws(self, sim: int) -> dict[str, np.ndarray] | None:
         """Thinned draws of one simulation, if the study kept them (`keep_draws = true`)."""
         with Store.open_for_reading(self.folder) as store:

@@ -207,7 +207,7 @@ def _check_columns(description: Any, table: pd.DataFrame, formula: str, key: str
             levels = pd.unique(table[var])
             if len(levels) < 2:
                 raise SBCError(
-                    f"{key}: grouping factor {var!r} has one level ({levels[0]!r}) in the "
+                    f"{key}: grouping factor {var!r} has one level ({str(levels[0])!r}) in the "
                     "design; a group effect needs at least two levels",
                     where=where,
                 )
