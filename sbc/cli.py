@@ -326,7 +326,10 @@ def _compare(args: argparse.Namespace) -> int:
         f"paired on {result.n_paired} simulated datasets: baseline {result.baseline}, "
         f"candidate {result.candidate}"
     )
-    print(_table(result.table))
+    table = result.table
+    if "label" in table and not table["label"].astype(bool).any():  # formula models' names
+        table = table.drop(columns="label")
+    print(_table(table))
     print()
     if result.worse:
         print(f"candidate is worse calibrated on: {', '.join(result.worse)}")

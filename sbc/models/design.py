@@ -72,13 +72,8 @@ def read_table(path: Path, key: str, where: str) -> Design:
         raise SBCError(f"{key}: {path.name} is not a table: {reason}", where=where) from None
     if table.empty or table.shape[1] == 0:
         raise SBCError(f"{key}: {path.name} is not a table: it has no rows", where=where)
-    unnamed = [c for c in table.columns if str(c).startswith("Unnamed:")]
-    if unnamed:
-        raise SBCError(
-            f"{key}: {path.name} is not a table: its header has {len(unnamed)} empty column "
-            "name(s)",
-            where=where,
-        )
+    # a column without a name (pandas' index written by to_csv) cannot be in a formula
+    table = table.loc[:, [not str(c).startswith("Unnamed:") for c in table.columns]]
     table.columns = [str(c).strip() for c in table.columns]
     digest = hashlib.sha256(raw).hexdigest()[:16]
     return Design(table, {"file": path.name, "sha256": digest})
