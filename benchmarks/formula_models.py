@@ -2,6 +2,7 @@
 
     python benchmarks/formula_models.py run      [--sims 200] [--out DIR] [--only seed,...]
     python benchmarks/formula_models.py report   [--out DIR]
+    python benchmarks/formula_models.py timing   [--datasets 30]
     python benchmarks/formula_models.py recover  [--draws 5000]
 
 Parts (``--only``):
@@ -13,6 +14,11 @@ Parts (``--only``):
   centred) on the same datasets: per-fit time (wall, and CmdStan's warm-up + sampling
   seconds summed over chains), divergences and other flags, and each one's `sbc check`.
 * ``missing``: `studies/lmm_formula_crossed_missing_slope.toml`: which quantities fail.
+
+``timing`` fits the first --datasets datasets of the crossed study with both programs, one
+after the other in one process (order alternating), and measures each fit's CPU seconds
+(CmdStan's child processes, from getrusage) and divergences: a side-by-side ratio that the
+machine's load does not bias, unlike the wall times of two runs made at different times.
 
 ``recover`` fits the seed's example (lmm_recovery's dataset, seed 1) with the hand-written
 program and with the program generated from the formula, long chains, and tests equality of
@@ -130,10 +136,9 @@ def report_crossed(out: Path, alpha: float) -> None:
             "fit wall s (mean)": ok["fit_seconds"].mean(),
             "CmdStan s/fit (median)": cpu.median(),
             "CmdStan s/fit (mean)": cpu.mean(),
-            "fits w/ divergences": int((ok["divergences"] > 0).sum()),
             "divergences (total)": int(ok["divergences"].sum()),
-            "treedepth-hit fits": int((ok["treedepth_hits"] > 0).sum()),
-            "E-BFMI<0.3 fits": int((ok["ebfmi_min"] < 0.3).sum()),
+            **{f"flagged: {r.rule}": r.flagged for r in c.diagnostics.itertuples()
+               if r.diagnostic != "failed"},
             "sbc check": "passes" if c.passed else "FAILS",
             "failing": failing,
         })  # fmt: skip
@@ -225,6 +230,57 @@ def recover(args: argparse.Namespace) -> None:
     print(_table(table.reset_index().rename(columns={"index": "quantity"}).head(12)))
 
 
+def timing(args: argparse.Namespace) -> None:
+    import resource
+    import tempfile
+    import time
+
+    from sbc.execution.prepare import make_backend
+    from sbc.seeds import simulation_seeds
+    from sbc.simulate import call_simulator
+
+    variants = {s: crossed_variant(s) for s in STYLES}
+    backends = {}
+    for style, study in variants.items():
+        backends[style] = make_backend(study, cores=1)  # chains one after the other
+        backends[style].prepare(progress=False)
+    rows = []
+    base = variants["centred"]
+    for sim in range(args.datasets):
+        sim_rng, fit_seed, _ = simulation_seeds(base.seed, sim)
+        _, data = call_simulator(base.simulator, sim_rng)
+        order = list(STYLES) if sim % 2 == 0 else list(reversed(STYLES))
+        for style in order:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                fit = backends[style].fit(data, fit_seed, Path(tmp))
+                diag = backends[style].diagnose(fit)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            rows.append({"sim": sim, "style": style, "cpu_s": cpu,
+                         "wall_s": time.perf_counter() - t0,
+                         "divergences": diag["divergences"],
+                         "ess_bulk_min": diag["ess_bulk_min"]})  # fmt: skip
+        print(f"  dataset {sim}: " + ", ".join(
+            f"{r['style']} {r['cpu_s']:.1f} CPU s, {r['divergences']} div" for r in rows[-2:]
+        ), flush=True)  # fmt: skip
+    t = pd.DataFrame(rows)
+    wide = t.pivot(index="sim", columns="style", values="cpu_s")
+    ratio = wide["centred"] / wide["non-centred"]
+    summary = t.groupby("style").agg(
+        cpu_median=("cpu_s", "median"), cpu_mean=("cpu_s", "mean"),
+        fits_with_divergences=("divergences", lambda d: int((d > 0).sum())),
+        divergences=("divergences", "sum"), ess_bulk_min_median=("ess_bulk_min", "median"),
+        fits_ess_below_half_L=("ess_bulk_min", lambda e: int((e < 50).sum())),  # L = 100
+    )  # fmt: skip
+    print(_table(summary.reset_index()))
+    gmean = np.exp(np.log(ratio).mean())
+    print(f"timing: {len(wide)} datasets, 2 chains x (500 + 500) iterations; CPU seconds "
+          f"centred / non-centred: median {ratio.median():.2f}, geometric mean {gmean:.2f}, "
+          f"centred slower on {(ratio > 1).mean():.0%}")  # fmt: skip
+
+
 def _seed_name_or_none(q: str) -> str | None:
     base = q.partition("[")[0]
     return _seed_name(q) if base in SEED_NAMES and base != "loglik" else None
@@ -232,15 +288,16 @@ def _seed_name_or_none(q: str) -> str | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["run", "report", "recover"])
+    p.add_argument("what", choices=["run", "report", "timing", "recover"])
     p.add_argument("--sims", type=int, default=200)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "formula_models")
     p.add_argument("--only", type=lambda s: s.split(","), default=["seed", "crossed", "missing"])
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--draws", type=int, default=5000, help="recover: draws per chain")
+    p.add_argument("--datasets", type=int, default=30, help="timing: datasets")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    {"run": run, "report": report, "recover": recover}[args.what](args)
+    {"run": run, "report": report, "timing": timing, "recover": recover}[args.what](args)
 
 
 if __name__ == "__main__":
