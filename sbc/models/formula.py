@@ -22,9 +22,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from sbc.errors import SBCError
 from sbc.models.design import Design
+from sbc.simulators.lmm import block_diagonal
 
 _IDENT = re.compile(r"[^0-9A-Za-z_]+")
 
@@ -56,12 +58,10 @@ class Factor:
         lo, hi = self.block
         return [(r, c) for c in range(lo, hi) for r in range(c + 1, hi)]
 
-    def block_diagonal(self) -> np.ndarray:
-        """The seed's N x (J*Q) Z for this factor (b_f.ravel() is level by level)."""
-        out = np.zeros((len(self.index), self.J * self.Q))
-        cols = self.index[:, None] * self.Q + np.arange(self.Q)[None, :]
-        np.put_along_axis(out, cols, self.Z, axis=1)
-        return out
+    def block_diagonal(self) -> sparse.csr_matrix:
+        """The seed's N x (J*Q) Z for this factor, which multiplies b_f.ravel() (level by
+        level, then column), built by the seed simulator's own code."""
+        return block_diagonal(self.Z, self.index, self.J)
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,7 @@ import numpy as np
 from sbc.errors import SBCError
 from sbc.models.formula import Factor, FormulaModel
 from sbc.models.priors import Priors
-from sbc.simulators.lmm import (
-    R_from_rho,
-    _corr_from_cholesky,
-    block_diagonal,
-    lkj_corr_cholesky,
-)
+from sbc.simulators.lmm import R_from_rho, _corr_from_cholesky, lkj_corr_cholesky
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,7 @@ class FormulaSimulator:
         """The simulating code and the design matrices formulae built (a formulae upgrade that
         codes a predictor differently changes the datasets, so it must refuse a resume)."""
         h = hashlib.sha256()
-        for module in (__file__, block_diagonal.__code__.co_filename):
+        for module in (__file__, lkj_corr_cholesky.__code__.co_filename):
             h.update(Path(module).read_bytes())
         for m in (self.model, self.fitted or self.model):
             h.update(np.ascontiguousarray(m.X).tobytes())
@@ -120,7 +115,7 @@ def draw(
         full_L, full_R = _full(f, L), _full(f, R)
         # row j of (z L') diag(tau) is diag(tau) L z_j ~ MVN(0, diag(tau) R diag(tau))
         b = fixed.get(f"b_{f.name}", (z @ full_L.T) * tau)
-        mu = mu + block_diagonal(f.Z, f.index, f.J) @ b.ravel()
+        mu = mu + f.block_diagonal() @ b.ravel()
         truth[f"tau_{f.name}"] = np.array(tau, dtype=float)
         pairs = f.pairs()
         if pairs:

@@ -79,7 +79,7 @@ def test_block_diagonal_z_is_formulaes_own_z_per_term():
     for f in m.factors:
         terms = [n for n, t in dm.group.terms.items() if t.factor.name == f.label]
         theirs = [dm.group[n].toarray() for n in terms]  # each N x J (one column per level)
-        ours = f.block_diagonal()  # N x (J * Q), column j * Q + q
+        ours = f.block_diagonal().toarray()  # N x (J * Q), column j * Q + q
         for q, block in enumerate(theirs):
             np.testing.assert_array_equal(ours[:, q :: f.Q], block)
 
