@@ -124,7 +124,7 @@ def parse_model(raw: Mapping[str, Any], base: Path, where: str) -> ModelStudy:
         simulator = FormulaSimulator(sim_model, sim_priors, source, fitted, truth)
 
     program = stan_program(model, priors, style)
-    stan_file = _cached_program(program)
+    stan_file = _cached_program(program, where)
     info = ModelInfo(model, style, program, stan_file, model.labels(), sim_model.formula)
     return ModelStudy(info, simulator)
 
@@ -143,14 +143,22 @@ def programs_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbc" / "programs"
 
 
-def _cached_program(program: str) -> Path:
+def _cached_program(program: str, where: str) -> Path:
     """The program as `model.stan` in a folder named by its hash: studies that generate the
     same program share one file, and so one compiled executable."""
     digest = hashlib.sha256(program.encode()).hexdigest()[:16]
     path = programs_dir() / digest / PROGRAM_NAME
-    if not path.is_file():
+    if path.is_file():
+        return path
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(program)
         os.replace(tmp, path)  # atomic: concurrent readers never see half a program
+    except OSError as exc:
+        raise SBCError(
+            f"[model]: cannot write the generated program to {path.parent} ({exc.strerror}); "
+            "set SBC_CACHE to a writable folder",
+            where=where,
+        ) from None
     return path

@@ -123,3 +123,22 @@ def test_a_design_table_beside_the_study(tmp_path: Path):
 def test_bad_model_sections_are_one_line(changes, message):
     with pytest.raises(SBCError, match=message):
         parse_study(crossed(**changes), CROSSED)
+
+
+def test_an_unwritable_program_cache_is_one_line(tmp_path: Path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("SBC_CACHE", str(blocker))
+    with pytest.raises(SBCError, match=r"\[model\]: cannot write the generated program to .*"
+                       r"set SBC_CACHE to a writable folder$"):  # fmt: skip
+        load_study(CROSSED)
+
+
+def test_the_program_is_cached_by_its_hash(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("SBC_CACHE", str(tmp_path))
+    a, b = load_study(CROSSED), load_study(CROSSED)
+    assert a.stan == b.stan and a.stan.is_relative_to(tmp_path / "programs")
+    assert [p.name for p in (tmp_path / "programs").rglob("*")] == [
+        a.stan.parent.name,
+        "model.stan",
+    ]
