@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from sbc.errors import SBCError
-from sbc.models.design import load_design
+from sbc.models.design import Design, load_design
 from sbc.models.formula import FormulaModel, build_model
-from sbc.models.priors import parse_priors
+from sbc.models.priors import Priors, parse_priors
 from sbc.models.program import CENTRED, NON_CENTRED, PARAMETERISATIONS, stan_program
 from sbc.models.simulate import FormulaSimulator, fixed_truth
 
@@ -95,38 +95,50 @@ def parse_model(raw: Mapping[str, Any], base: Path, where: str) -> ModelStudy:
         )
     style = PARAMETERISATIONS[style]
 
+    simulator, simulated_by = None, model.formula
     sim_raw = raw.get("simulator")
-    simulator = None
-    sim_model, sim_priors, truth = model, priors, {}
     if sim_raw is None or (isinstance(sim_raw, Mapping) and "function" not in sim_raw):
-        sim_raw = _table(sim_raw or {}, "simulator", where)
-        unknown = sorted(set(sim_raw) - SIMULATOR_KEYS)
-        if unknown:
-            raise SBCError(
-                f"[simulator] {unknown[0]}: unknown key with a [model] (known: function, "
-                f"{', '.join(sorted(SIMULATOR_KEYS))})",
-                where=where,
-            )
-        if "formula" in sim_raw:
-            sim_model = build_model(sim_raw["formula"], design, "[simulator] formula", where)
-            if "priors" not in sim_raw:  # [model]'s priors, checked against this formula
-                sim_priors = parse_priors(table.get("priors"), sim_model, "[model] priors", where)
-        if "priors" in sim_raw:
-            sim_priors = parse_priors(sim_raw["priors"], sim_model, "[simulator] priors", where)
-        truth = fixed_truth(sim_raw.get("truth"), sim_model, "[simulator] truth", where)
-        source = {
-            "formula": sim_model.formula,
-            "design": design.source,
-            "priors": sim_priors.describe(sim_model),
-            **({"truth": {k: v.tolist() for k, v in truth.items()}} if truth else {}),
-        }
-        fitted = None if sim_model is model else model
-        simulator = FormulaSimulator(sim_model, sim_priors, source, fitted, truth)
-
+        simulator = _formula_simulator(sim_raw or {}, table, design, model, priors, where)
+        simulated_by = simulator.model.formula
     program = stan_program(model, priors, style)
     stan_file = _cached_program(program, where)
-    info = ModelInfo(model, style, program, stan_file, model.labels(), sim_model.formula)
+    info = ModelInfo(model, style, program, stan_file, model.labels(), simulated_by)
     return ModelStudy(info, simulator)
+
+
+def _formula_simulator(
+    sim_raw: Any,
+    table: Mapping[str, Any],
+    design: Design,
+    model: FormulaModel,
+    priors: Priors,
+    where: str,
+) -> FormulaSimulator:
+    """The simulator of ``[model]``, or of ``[simulator] formula`` on the same design."""
+    sim_raw = _table(sim_raw, "simulator", where)
+    unknown = sorted(set(sim_raw) - SIMULATOR_KEYS)
+    if unknown:
+        raise SBCError(
+            f"[simulator] {unknown[0]}: unknown key with a [model] (known: function, "
+            f"{', '.join(sorted(SIMULATOR_KEYS))})",
+            where=where,
+        )
+    sim_model, sim_priors = model, priors
+    if "formula" in sim_raw:
+        sim_model = build_model(sim_raw["formula"], design, "[simulator] formula", where)
+        if "priors" not in sim_raw:  # [model]'s priors, checked against this formula
+            sim_priors = parse_priors(table.get("priors"), sim_model, "[model] priors", where)
+    if "priors" in sim_raw:
+        sim_priors = parse_priors(sim_raw["priors"], sim_model, "[simulator] priors", where)
+    truth = fixed_truth(sim_raw.get("truth"), sim_model, "[simulator] truth", where)
+    source = {
+        "formula": sim_model.formula,
+        "design": design.source,
+        "priors": sim_priors.describe(sim_model),
+        **({"truth": {k: v.tolist() for k, v in truth.items()}} if truth else {}),
+    }
+    fitted = None if sim_model is model else model
+    return FormulaSimulator(sim_model, sim_priors, source, fitted, truth)
 
 
 def _table(value: Any, key: str, where: str) -> Mapping[str, Any]:
