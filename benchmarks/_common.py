@@ -94,6 +94,10 @@ def banner(title: str, mode: str) -> None:
 # -- study variants -------------------------------------------------------------------------------
 
 
+#: sbc 0.1's [sampler] names -> the names studies in cmdstanpy's spelling use (issue 14).
+_NEW_NAMES = {"warmup": "iter_warmup", "draws": "iter_sampling", "thin": "thin_ranks"}
+
+
 def write_study(
     dest: Path,
     name: str,
@@ -113,10 +117,15 @@ def write_study(
     if sims is not None:
         text = re.sub(r"^sims = \d+", f"sims = {sims}", text, count=1, flags=re.M)
     for key, value in sampler.items():
-        pattern = rf"^{key} = [0-9.eE+-]+"
-        if re.search(pattern, text, flags=re.M):
-            text = re.sub(pattern, f"{key} = {value}", text, count=1, flags=re.M)
+        # sbc 0.1's [sampler] names, or what a study in cmdstanpy's names calls them
+        for name in (key, _NEW_NAMES.get(key, key)):
+            pattern = rf"^{name} = [0-9.eE+-]+"
+            if re.search(pattern, text, flags=re.M):
+                text = re.sub(pattern, f"{name} = {value}", text, count=1, flags=re.M)
+                break
         else:
+            if "[sampler]\n" not in text:
+                raise ValueError(f"{base}: no setting {key!r} to change")
             text = text.replace("[sampler]\n", f"[sampler]\n{key} = {value}\n", 1)
     path = dest / f"{name}.toml"
     path.write_text(text)

@@ -11,7 +11,7 @@ On real fits of the mixed model, in one process, each measurement repeated:
   each needs in a worker (arviz-stats comes with the `test` extra);
 * cmdstanpy's `exe_info()`: a process (`<exe> info`) that `CmdStanModel.sample` starts on
   every fit with cmdstanpy's default model object, against the backend's cached model
-  (`_model()`, which reads it once per worker);
+  (`program.cmdstanpy_model()`, which reads it once per worker);
 * reading the draws, ranks and intervals with the derived quantity;
 * for scale, CmdStan's own time per fit.
 
@@ -62,7 +62,6 @@ def main() -> int:
     warnings.simplefilter("ignore")
     import cmdstanpy
 
-    from sbc.backends.cmdstan import sample as cs
     from sbc.execution.prepare import make_backend
     from sbc.ranks import derived_truth_and_draws, rank_rows
     from sbc.seeds import simulation_seeds
@@ -111,7 +110,7 @@ def main() -> int:
                 c0 = time.process_time()
                 func(arg)
                 t[key].append(time.process_time() - c0)
-            cached = cs._model(str(backend.exe_file), str(backend.cmdstan))
+            cached = backend.model()
             for key, model in (("info_before", raw), ("info_after", cached)):
                 c0, k0, w0 = time.process_time(), child_cpu(), time.perf_counter()
                 model.exe_info()

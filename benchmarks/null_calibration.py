@@ -145,8 +145,8 @@ def print_table(rows: list[dict], title: str, n_note: str) -> None:
 
 def part_size(args, old) -> None:
     rng = np.random.default_rng([args.seed, 1])
-    Ss = (20, 50, 100, 200) if args.quick else (20, 50, 100, 200, 1000)
-    Js = (3, 10) if args.quick else (3, 10, 50)
+    Ss = args.S or ((20, 50, 100, 200) if args.quick else (20, 50, 100, 200, 1000))
+    Js = args.J or ((3, 10) if args.quick else (3, 10, 50))
     rhos = (0.0, 0.9) if args.quick else (0.0, 0.5, 0.9, 0.99)
     n = args.studies
     tables: dict[str, list[dict]] = {"γ": [], "pooled": [], "seq. pooled": [], "check": [],
@@ -292,6 +292,9 @@ def main() -> None:
     )
     ap.add_argument("--gamma-studies", type=int, default=100_000,
                     help="null studies per S for the γ test (vectorised: cheap)")  # fmt: skip
+    ap.add_argument("--S", type=int, nargs="+", help="size part: these S only (a full run "
+                    "is hours; split it across processes)")  # fmt: skip
+    ap.add_argument("--J", type=int, nargs="+", help="size part: these J only")
     ap.add_argument("--seed", type=int, default=20261126)
     args = ap.parse_args()
     args.studies = args.studies or (1000 if args.quick else 10_000)

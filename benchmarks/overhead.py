@@ -78,7 +78,7 @@ def prepare_bare(study_file: Path, sims: int, workdir: Path, parallel_chains: in
         path = data_dir / f"data-{i}.json"
         cmdstanpy.write_stan_json(str(path), data)
         fits.append({"data": str(path), "seed": seed})
-    s = study.sampler
+    s = study.backend.options  # NUTS's settings, under cmdstanpy's names
     plan = {
         "exe": str(backend.exe_file),
         "cmdstan": str(backend.cmdstan),
@@ -86,8 +86,8 @@ def prepare_bare(study_file: Path, sims: int, workdir: Path, parallel_chains: in
         "settings": {
             "chains": s.chains,
             "parallel_chains": parallel_chains,
-            "warmup": s.warmup,
-            "draws": s.draws,
+            "warmup": s.iter_warmup,
+            "draws": s.iter_sampling,
             "adapt_delta": s.adapt_delta,
             "max_treedepth": s.max_treedepth,
         },
@@ -122,7 +122,7 @@ def per_sim_stages(run: Run, own: pd.DataFrame) -> dict[str, float]:
         "read_draws": tr.total("CmdStanBackend.draws"),
         "diagnostics": tr.total("CmdStanBackend.diagnose"),
         "ranks": tr.total("rank_rows") + tr.total("derived_truth_and_draws"),
-        "store_commit": tr.total("Store.add"),
+        "store_commit": tr.total("Store.add") + tr.total("Store.add_many"),
     }
     if len(sims):  # the runner
         inner = (
@@ -171,11 +171,12 @@ def main() -> int:
     from sbc.study import load_study
 
     st = load_study(study)
-    pc1 = max(1, min(st.sampler.chains, cores() // 1))
+    s = st.backend.options
+    pc1 = max(1, min(s.chains, cores() // 1))
     print(
-        f"study: {study.name} from studies/lmm_sbc.toml, {sims} sims, {st.sampler.chains} chains "
-        f"x ({st.sampler.warmup} warm-up + {st.sampler.draws} draws), thin {st.thin}, "
-        f"adapt_delta {st.sampler.adapt_delta}"
+        f"study: {study.name} from studies/lmm_sbc.toml, {sims} sims, {s.chains} chains "
+        f"x ({s.iter_warmup} warm-up + {s.iter_sampling} draws), thin_ranks {st.thin_ranks}, "
+        f"adapt_delta {s.adapt_delta}"
     )
     bare_plan = prepare_bare(study, sims, work, pc1)
     # warm the file cache and the model cache (compiles once if needed); not measured

@@ -138,10 +138,11 @@ def main() -> int:
     from sbc.study import load_study
 
     st = load_study(study)
-    s = st.sampler
+    s = st.backend.options  # NUTS's settings, under cmdstanpy's names
     print(
-        f"study: studies/lmm_sbc.toml, {s.chains} chains x ({s.warmup} warm-up + {s.draws} "
-        f"draws), thin {st.thin}, adapt_delta {s.adapt_delta}; {sims} sims per run in part 1"
+        f"study: studies/lmm_sbc.toml, {s.chains} chains x ({s.iter_warmup} warm-up + "
+        f"{s.iter_sampling} draws), thin_ranks {st.thin_ranks}, adapt_delta {s.adapt_delta}; "
+        f"{sims} sims per run in part 1"
     )
     sbc_run(study, fresh_dir(work, "warm"), "warm", work, workers=1, sims=2, trace=False)
 

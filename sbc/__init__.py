@@ -1,8 +1,8 @@
 """sbc: simulation-based calibration for Stan models, through cmdstanpy.
 
     import sbc
-    folder = sbc.run("studies/lmm_sbc.toml", sims=100)
-    results = sbc.load(folder)        # .simulations, .ranks (pandas DataFrames)
+    results = sbc.run("studies/lmm_sbc.toml", sims=100)   # or sbc.run(stan=..., simulator=f)
+    results.check(); results.plot_ecdf_diff()             # .simulations, .ranks: DataFrames
 
 The names below are imported when first used (PEP 562), so `import sbc` and `sbc --help`
 stay light: nothing imports pandas, scipy or cmdstanpy until a command needs it. (This
@@ -16,12 +16,15 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
+#: The name it is installed under (`sbc` on PyPI is an unrelated package); imported as `sbc`.
+DISTRIBUTION = "stan-sbc"
 
 #: Public name -> "module" or "module:attribute" that defines it (imported on first use).
 _PUBLIC = {
-    "run": "sbc.execution.run",
-    "load": "sbc.results",
-    "Results": "sbc.results",
+    "run": "sbc.api",
+    "load": "sbc.api",
+    "rerank": "sbc.api",
+    "Results": "sbc.api",
     "Study": "sbc.study",
     "load_study": "sbc.study",
     "SBCError": "sbc.errors",

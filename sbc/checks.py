@@ -17,7 +17,7 @@ import pandas as pd
 
 from sbc.analysis.verdicts import Calibration
 from sbc.errors import SBCError
-from sbc.results import Results, load
+from sbc.results import StoredResults, as_results, load
 
 
 @dataclass
@@ -27,33 +27,36 @@ class CheckOutcome:
     reasons: list[str] = field(default_factory=list)
     diagnostics: pd.DataFrame | None = None
     calibration: Calibration | None = field(default=None, repr=False)
+    method: str = ""  # the inference method that produced the draws
 
     @property
     def headline(self) -> str:
         return self.calibration.headline() if self.calibration is not None else ""
 
 
-def _results(results: Results | str | Path) -> Results:
-    res = results if isinstance(results, Results) else load(results)
+def _results(results: StoredResults | str | Path, version: int | None) -> StoredResults:
+    res = as_results(results, version)
     if res.ranks.empty:
         raise SBCError("no successful simulations to check yet", where=str(res.folder))
     return res
 
 
 def check(
-    results: Results | str | Path,
+    results: StoredResults | str | Path,
     alpha: float = 0.01,
     max_divergent_share: float | None = None,
     max_failed_share: float | None = None,
     pool: Sequence[str] | None = None,
+    ranks_version: int | None = None,
 ) -> CheckOutcome:
     """Calibrated at level `alpha` (Holm over all quantities) and diagnostics within limits?
 
     `pool` overrides the group effects the study declared (for results written before
-    studies declared them)."""
+    studies declared them); `ranks_version` chooses a version of the ranks (default: the
+    newest, or the one of the `Results` given)."""
     if not 0 < alpha < 1:
         raise SBCError(f"alpha must be between 0 and 1, got {alpha}")
-    res = _results(results)
+    res = _results(results, ranks_version)
     cal = Calibration.from_results(res, alpha=alpha, pool=pool)
     reasons = cal.reasons()
     sims = res.simulations
@@ -66,7 +69,7 @@ def check(
         share = float((sims["status"] == "failed").sum()) / n
         if share > max_failed_share:
             reasons.append(f"{share:.1%} of simulations failed (limit {max_failed_share:.1%})")
-    return CheckOutcome(not reasons, cal.table, reasons, cal.diagnostics, cal)
+    return CheckOutcome(not reasons, cal.table, reasons, cal.diagnostics, cal, res.method)
 
 
 @dataclass
@@ -105,23 +108,24 @@ def _same_datasets(
         )
 
 
-def _results_or_run(path: Results | str | Path, progress: bool) -> Results:
+def _results_or_run(
+    path: StoredResults | str | Path, progress: bool, version: int | None
+) -> StoredResults:
     """A results folder as given, or a study file's results (run or resumed first)."""
-    if isinstance(path, Results):
-        return path
-    if Path(path).suffix == ".toml":
+    if not isinstance(path, StoredResults) and Path(path).suffix == ".toml":
         from sbc.execution.run import run
 
-        return load(run(path, progress=progress))
-    return load(path)
+        return load(run(path, progress=progress), version)
+    return as_results(path, version)
 
 
 def compare(
-    baseline: Results | str | Path,
-    candidate: Results | str | Path,
+    baseline: StoredResults | str | Path,
+    candidate: StoredResults | str | Path,
     alpha: float = 0.01,
     pool: Sequence[str] | None = None,
     progress: bool = False,
+    ranks_version: int | None = None,
 ) -> Comparison:
     """Paired comparison on the very same simulated datasets (same seed and simulator).
 
@@ -131,11 +135,11 @@ def compare(
     dataset: the median ratio of posterior sds, and the change in the mean distance of the
     normalised rank from 1/2 (larger: ranks pile at the ends, posterior too narrow).
     """
-    given = [x for x in (baseline, candidate) if not isinstance(x, Results)]
+    given = [x for x in (baseline, candidate) if not isinstance(x, StoredResults)]
     if any(Path(x).suffix == ".toml" for x in given):  # refused before running either study
         _same_datasets(_key_of(baseline), _key_of(candidate), baseline, candidate, "do not")
-    a = _results_or_run(baseline, progress)
-    b = _results_or_run(candidate, progress)
+    a = _results_or_run(baseline, progress, ranks_version)
+    b = _results_or_run(candidate, progress, ranks_version)
     _same_datasets(datasets_key(a.manifest), datasets_key(b.manifest), a.folder, b.folder)
     sources = [(m.get("identity") or {}).get("simulator_source") for m in (a.manifest, b.manifest)]
     if None not in sources:  # the simulator's code, when both recorded it
@@ -172,8 +176,8 @@ def compare(
     return Comparison(table, worse, len(shared), a.folder, b.folder)
 
 
-def _key_of(x: Results | str | Path) -> tuple:
-    if isinstance(x, Results):
+def _key_of(x: StoredResults | str | Path) -> tuple:
+    if isinstance(x, StoredResults):
         return datasets_key(x.manifest)
     if Path(x).suffix == ".toml":
         from sbc.study import load_study
@@ -183,9 +187,9 @@ def _key_of(x: Results | str | Path) -> tuple:
 
 
 def _verdicts(
-    res: Results, ranks: pd.DataFrame, alpha: float, pool: Sequence[str] | None
+    res: StoredResults, ranks: pd.DataFrame, alpha: float, pool: Sequence[str] | None
 ) -> pd.DataFrame:
-    shared = Results(res.folder, res.manifest, res.simulations, ranks)
+    shared = StoredResults(res.folder, res.manifest, res.simulations, ranks)
     return Calibration.from_results(shared, alpha=alpha, pool=pool).table.set_index("quantity")
 
 

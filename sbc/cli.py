@@ -1,7 +1,9 @@
 """The `sbc` command: a thin layer over the Python API.
 
 Exit codes: 0 success (and "calibrated" for check), 1 a check or comparison
-failed, 2 bad input (one line on stderr, never a traceback), 130 interrupted.
+failed (for run: every simulation failed, or --stop-early stopped the study), 2 bad input
+(one line on stderr, never a traceback; for run also a study whose first simulations all
+failed the same way), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, help="override the study's seed")
     p.add_argument("--stan", type=Path, help="override the study's Stan program")
     p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
+    _add_backend_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress messages")
 
     p = sub.add_parser("run", help="run or resume an SBC study")
@@ -73,7 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, help="parallel worker processes")
     p.add_argument("--seed", type=_seed, help="master seed")
     p.add_argument("--out", type=Path, help="results folder (default results/<name>)")
-    p.add_argument("--scheduler", help="'local' (default), 'local:N' or tcp://host:port (dask)")
+    p.add_argument(
+        "--scheduler",
+        help="'local' (default), 'local:N', tcp://host:port or tls://host:port (dask)",
+    )
+    p.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate(s) for a tls:// scheduler")
+    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate (tls://)")
+    p.add_argument("--tls-key", metavar="PEM",
+                   help="this client's private key (tls://), if not in --tls-cert")  # fmt: skip
+    _add_backend_argument(p)
     p.add_argument("--retry-failed", action="store_true", help="rerun failed simulations")
     p.add_argument("--new", action="store_true", help="start over in a new results folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar (for CI logs)")
@@ -87,11 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="simulations an SBC question needs: fixed-size vs sequential")
     _add_plan_arguments(p)
 
+    p = sub.add_parser("rerank", help="rank a kept-draws study again, without refitting")
+    p.add_argument("results", type=Path, help="results folder (of a study with keep_draws)")
+    p.add_argument("--derived", type=_derived, action="append", default=[],
+                   metavar="NAME=MODULE:FUNCTION",
+                   help="a derived quantity f(params, data) to add or redefine; repeatable "
+                        "('module:function' or 'file.py:function')")  # fmt: skip
+    p.add_argument("--thin-ranks", type=_positive_int, metavar="K",
+                   help="rank every K-th draw (a multiple of the kept draws' stride)")  # fmt: skip
+    p.add_argument("--from-version", type=_positive_int, metavar="N",
+                   help="the version of the ranks to start from (default: the newest)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("report", help="write a self-contained HTML report of a study's results")
     p.add_argument("results", type=Path, help="results folder")
     p.add_argument("--out", type=Path, help="HTML file (default RESULTS/report.html)")
     p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
     _add_pool_argument(p)
+    _add_version_argument(p)
 
     p = sub.add_parser("check", help="verdict table; exit 0 calibrated, 1 not, 2 bad input")
     p.add_argument("results", type=Path, help="results folder")
@@ -101,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failed-share", type=_probability, metavar="X",
                    help="fail if more than this share of simulations failed")  # fmt: skip
     _add_pool_argument(p)
+    _add_version_argument(p)
 
     p = sub.add_parser("compare", help="paired comparison of two models on the same datasets")
     p.add_argument("baseline", type=Path, help="results folder or study file (runs it first)")
@@ -108,7 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_pool_argument(p)
+    _add_version_argument(p)
     return parser
+
+
+def _add_version_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ranks-version", type=_positive_int, metavar="N",
+                   help="which version of the ranks (`sbc rerank` adds versions; "
+                        "default: the newest)")  # fmt: skip
+
+
+def _derived(text: str) -> tuple[str, str]:
+    name, sep, spec = text.partition("=")
+    target, colon, func = spec.rpartition(":")
+    if not sep or not name.isidentifier() or not colon or not target or not func.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=MODULE:FUNCTION, got {text!r}")
+    if target.endswith(".py"):  # a file is named relative to where the command runs
+        spec = f"{Path(target).resolve()}:{func}"
+    return name, spec
 
 
 def _pool(text: str) -> list[str]:
@@ -123,6 +165,13 @@ def _add_pool_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", type=_pool, metavar="VARS",
                    help="variables whose components are pooled as group effects, e.g. 'b' "
                         "(default: as the study declares; '' for none)")  # fmt: skip
+
+
+def _add_backend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", metavar="NAME",
+                   help="run another inference method (e.g. cmdstan-variational) on the same "
+                        "datasets, with the study's [backend.NAME] settings; results go to "
+                        "results/<name>-NAME")  # fmt: skip
 
 
 def _version() -> str:
@@ -199,7 +248,9 @@ def _recover(args: argparse.Namespace) -> int:
     from sbc.recover import recover
     from sbc.study import load_study
 
-    study = load_study(args.study).with_overrides(seed=args.seed, out=args.out, stan=args.stan)
+    study = load_study(args.study).with_overrides(
+        seed=args.seed, out=args.out, stan=args.stan, backend=args.backend
+    )
     result = recover(study, progress=not args.quiet)
     _print_recovery(result)
     return 0
@@ -233,12 +284,14 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         scheduler=args.scheduler,
         out=args.out,
+        backend=args.backend,
         retry_failed=args.retry_failed,
         new=args.new,
         progress=not args.quiet,
         stop_early=args.stop_early,
         alpha=args.alpha,
         look_every=args.look_every,
+        tls={"tls_ca_file": args.tls_ca_file, "tls_cert": args.tls_cert, "tls_key": args.tls_key},
     )
     from sbc.results import load
 
@@ -246,6 +299,11 @@ def _run(args: argparse.Namespace) -> int:
     sims = res.simulations
     failed = int((sims["status"] == "failed").sum())
     print(f"{len(sims)} simulations stored in {folder} ({failed} failed)")
+    if len(sims) and failed == len(sims):  # nothing to analyse: say so in the exit code
+        from sbc.execution.failfast import most_common_reason
+
+        print(f"every simulation failed (most often: {most_common_reason(sims['error'])})")
+        return 1
     stopped = res.manifest.get("stopped_early")
     if args.stop_early and stopped:
         from sbc.analysis.sequential import Rejection
@@ -277,10 +335,38 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rerank(args: argparse.Namespace) -> int:
+    from sbc.execution.rerank import rerank
+    from sbc.results import load
+
+    names = [name for name, _ in args.derived]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SBCError(f"--derived: {twice[0]} is given twice")
+    before = load(args.results).rank_versions
+    version = rerank(
+        args.results,
+        derived=dict(args.derived),
+        thin_ranks=args.thin_ranks,
+        from_version=args.from_version,
+        progress=not args.quiet,
+    )
+    res = load(args.results, version)
+    info = res.version_info()
+    print(
+        f"ranks version {version} of {len(res.rank_versions)} in {res.folder}: "
+        f"{len(info.get('quantities') or [])} quantities, {res.ranks['sim'].nunique()} "
+        f"simulations, thinned by {info.get('thin')}"
+        + (" (already stored: nothing to compute)" if version in before else "")
+    )
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from sbc.reports import write_report
 
-    path = write_report(args.results, out=args.out, alpha=args.alpha, pool=args.pool)
+    path = write_report(args.results, out=args.out, alpha=args.alpha, pool=args.pool,
+                        ranks_version=args.ranks_version)  # fmt: skip
     print(f"report: {path}")
     return 0
 
@@ -301,12 +387,20 @@ def _check(args: argparse.Namespace) -> int:
         max_divergent_share=args.max_divergent_share,
         max_failed_share=args.max_failed_share,
         pool=args.pool,
+        ranks_version=args.ranks_version,
     )
     cols = ["quantity", "n", "log_gamma_ratio", "p_value", "p_holm", "coverage90", "shape"]
     if outcome.verdicts["label"].astype(bool).any():  # a formula model's names for them
         cols.insert(1, "label")
+    print(f"draws from {outcome.method}")
     print(_table(outcome.verdicts[cols]))
     print()
+    if outcome.diagnostics is not None and len(outcome.diagnostics):
+        d = outcome.diagnostics
+        print("fits flagged by the backend's diagnostics (kept in the verdicts; rules: "
+              "docs/statistics.md, docs/backends.md):")  # fmt: skip
+        print(_table(d[d["known"] > 0][["diagnostic", "rule", "flagged", "known", "share"]]))
+        print()
     print(outcome.headline)
     if outcome.passed:
         return 0
@@ -319,9 +413,8 @@ def _check(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from sbc.checks import compare
 
-    result = compare(
-        args.baseline, args.candidate, alpha=args.alpha, pool=args.pool, progress=not args.quiet
-    )
+    result = compare(args.baseline, args.candidate, alpha=args.alpha, pool=args.pool,
+                     progress=not args.quiet, ranks_version=args.ranks_version)  # fmt: skip
     print(
         f"paired on {result.n_paired} simulated datasets: baseline {result.baseline}, "
         f"candidate {result.candidate}"
@@ -343,6 +436,7 @@ _COMMANDS = {
     "recover": _recover,
     "run": _run,
     "plan": _plan,
+    "rerank": _rerank,
     "report": _report,
     "check": _check,
     "compare": _compare,

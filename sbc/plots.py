@@ -9,6 +9,10 @@ come from `sbc.analysis`, nothing is recomputed here.
 Group effects the study pools (e.g. b[j,q]) get one pooled panel per column (`b[*,q]`),
 plus individual panels only for the first few groups (`max_group_members`), so a study
 with many groups stays readable.
+
+As in ArviZ, `var_names` chooses what is drawn (a variable name selects its components and
+its pooled rows, a CmdStan name one panel, "~name" leaves it out) and `ax` draws into the
+caller's axes (one per panel, in order; the figure returned is theirs).
 """
 
 from __future__ import annotations
@@ -26,11 +30,19 @@ from matplotlib.ticker import MultipleLocator, PercentFormatter
 from sbc.analysis import coverage as cov
 from sbc.analysis import pooled as pl
 from sbc.analysis import uniformity as uni
-from sbc.analysis.quantities import Panel, common_ranks, pooled_name, quantity_panels
+from sbc.analysis.quantities import (
+    Panel,
+    common_ranks,
+    pooled_name,
+    quantity_panels,
+    select_var_names,
+)
 from sbc.analysis.verdicts import Calibration, calibrate
 from sbc.ranks import scalar_names
 
 Data = Calibration | pd.DataFrame
+VarNames = str | Sequence[str] | None
+AxesArg = Axes | Sequence[Axes] | np.ndarray | None
 
 MAX_COLS = 5
 MAX_PANELS = 40
@@ -50,8 +62,15 @@ def save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
-def _grid(n: int, max_cols: int, title: str) -> tuple[Figure, list[Axes]]:
-    """A figure with exactly n panels in rows of at most max_cols."""
+def _grid(n: int, max_cols: int, title: str, ax: AxesArg = None) -> tuple[Figure, list[Axes]]:
+    """A figure with exactly n panels in rows of at most max_cols, or the caller's `ax`."""
+    if ax is not None:
+        axes = [ax] if isinstance(ax, Axes) else list(np.ravel(np.asarray(ax, dtype=object)))
+        if len(axes) != n:
+            raise ValueError(f"ax: {n} panel{'s' * (n != 1)} to draw, {len(axes)} axes given")
+        for a in axes:
+            a.tick_params(labelsize=7)
+        return axes[0].figure, axes
     n = max(n, 1)
     ncols = min(max_cols, n)
     nrows = math.ceil(n / ncols)
@@ -95,8 +114,14 @@ def _calibration(data: Data, pool: Sequence[str]) -> Calibration:
     return cal
 
 
-def _panels(cal: Calibration, max_group_members: int, max_panels: int) -> tuple[list[Panel], str]:
-    return _select(quantity_panels(cal.ranks, cal.pool, cal.order), max_group_members, max_panels)
+def _panels(
+    cal: Calibration, max_group_members: int, max_panels: int, var_names: VarNames = None
+) -> tuple[list[Panel], str]:
+    panels = quantity_panels(cal.ranks, cal.pool, cal.order)
+    if var_names is not None:
+        keep = set(select_var_names([p.name for p in panels], var_names))
+        panels = [p for p in panels if p.name in keep]
+    return _select(panels, max_group_members, max_panels)
 
 
 def _title(ax: Axes, panel: Panel) -> None:
@@ -126,6 +151,9 @@ def rank_histograms(
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
+    *,
+    var_names: VarNames = None,
+    ax: AxesArg = None,
 ) -> Figure:
     """Histograms of ranks with the grey band each bin's count stays in with probability
     `level` under uniformity, and the expected count (Talts et al. 2018).
@@ -135,12 +163,12 @@ def rank_histograms(
     under any dependence between the groups of a simulation (`pooled.pooled_histogram_band`).
     """
     cal = _calibration(data, pool)
-    panels, note = _panels(cal, max_group_members, max_panels)
+    panels, note = _panels(cal, max_group_members, max_panels, var_names)
     title = (
         f"Rank histograms ({_study_label(cal.ranks)}); grey: {level:.0%} band of each bin "
         f"under uniformity, black: expected count{note}"
     )
-    fig, axes = _grid(len(panels), max_cols, title)
+    fig, axes = _grid(len(panels), max_cols, title, ax)
     for ax, panel in zip(axes, panels, strict=True):
         ranks, L = common_ranks(panel.rows)
         edges, counts, expected, lo, hi = uni.histogram_band(ranks, L, bins=bins, level=level)
@@ -176,6 +204,9 @@ def ecdf_diff(
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
+    *,
+    var_names: VarNames = None,
+    ax: AxesArg = None,
 ) -> Figure:
     """ECDF of the fractional ranks minus the uniform CDF, F(z) − z, with the simultaneous
     (1 − alpha) band (shaded), as R SBC's `plot_ecdf_diff`: a calibrated quantity stays
@@ -189,12 +220,12 @@ def ecdf_diff(
     needs, which is `pooled.pooled_test`).
     """
     cal = _calibration(data, pool)
-    panels, note = _panels(cal, max_group_members, max_panels)
+    panels, note = _panels(cal, max_group_members, max_panels, var_names)
     title = (
         f"ECDF difference F(z) − z ({_study_label(cal.ranks)}); "
         f"shaded: {1 - alpha:.0%} simultaneous band{note}"
     )
-    fig, axes = _grid(len(panels), max_cols, title)
+    fig, axes = _grid(len(panels), max_cols, title, ax)
     for ax, panel in zip(axes, panels, strict=True):
         ranks, L = common_ranks(panel.rows)
         _ecdf_panel(ax, panel, ranks, L, alpha, "z (fractional rank)")
@@ -228,18 +259,21 @@ def coverage_plot(
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
+    *,
+    var_names: VarNames = None,
+    ax: AxesArg = None,
 ) -> Figure:
     """Coverage of the central 50/80/90/95 % intervals, from the ranks (exact under
     calibration), with 95 % Clopper–Pearson intervals (Korn–Graubard for pooled panels) and
     the diagonal. Points below the diagonal = intervals too narrow (overconfident)."""
     cal = _calibration(data, pool)
-    panels, note = _panels(cal, max_group_members, max_panels)
+    panels, note = _panels(cal, max_group_members, max_panels, var_names)
     table = cal.coverage
     title = (
         f"Coverage of central intervals ({_study_label(cal.ranks)}); "
         f"bars: 95 % Clopper–Pearson{note}"
     )
-    fig, axes = _grid(len(panels), max_cols, title)
+    fig, axes = _grid(len(panels), max_cols, title, ax)
     for ax, panel in zip(axes, panels, strict=True):
         rows = table[table["quantity"] == panel.name].sort_values("nominal")
         est, lo, hi = (rows[c].to_numpy() for c in ("estimate", "lo", "hi"))
@@ -273,6 +307,9 @@ def coverage_diff_plot(
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
+    *,
+    var_names: VarNames = None,
+    ax: AxesArg = None,
 ) -> Figure:
     """Coverage minus width of central intervals at every width from 0 to 1, with a
     simultaneous (1 − alpha) band, as R SBC's `plot_coverage_diff`. Below zero: intervals of
@@ -283,12 +320,12 @@ def coverage_diff_plot(
     (`coverage.centrality_ranks`), which is uniform under calibration, so the γ band (for
     pooled panels, the band valid under any dependence) is a simultaneous band here too."""
     cal = _calibration(data, pool)
-    panels, note = _panels(cal, max_group_members, max_panels)
+    panels, note = _panels(cal, max_group_members, max_panels, var_names)
     title = (
         f"Coverage − width of central intervals ({_study_label(cal.ranks)}); "
         f"shaded: {1 - alpha:.0%} simultaneous band{note}"
     )
-    fig, axes = _grid(len(panels), max_cols, title)
+    fig, axes = _grid(len(panels), max_cols, title, ax)
     for ax, panel in zip(axes, panels, strict=True):
         ranks, L = common_ranks(panel.rows)
         central = cov.centrality_ranks(ranks, L)
@@ -296,8 +333,8 @@ def coverage_diff_plot(
     return fig
 
 
-def _estimates(cal: Calibration, max_group_members: int, max_panels: int):
-    panels, note = _panels(cal, max_group_members, max_panels)
+def _estimates(cal: Calibration, max_group_members: int, max_panels: int, var_names: VarNames):
+    panels, note = _panels(cal, max_group_members, max_panels, var_names)
     out = []
     for panel in panels:
         rows = panel.rows
@@ -313,15 +350,18 @@ def recovery_plot(
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
+    *,
+    var_names: VarNames = None,
+    ax: AxesArg = None,
 ) -> Figure:
     """Posterior mean against the truth, one point per simulation, with mean ± 1.645
     posterior sd (a 90 % interval if the posterior is close to normal) and the diagonal, as R
     SBC's `plot_sim_estimated`. Points on the diagonal with short bars: the data identify the
     quantity; a flat cloud: the posterior is the prior."""
     cal = _calibration(data, pool)
-    items, note = _estimates(cal, max_group_members, max_panels)
+    items, note = _estimates(cal, max_group_members, max_panels, var_names)
     title = f"Posterior mean vs truth ({_study_label(cal.ranks)}); bars: mean ± 1.645 sd{note}"
-    fig, axes = _grid(len(items), max_cols, title)
+    fig, axes = _grid(len(items), max_cols, title, ax)
     for ax, (panel, truth, mean, sd) in zip(axes, items, strict=True):
         ax.errorbar(truth, mean, yerr=1.645 * sd, fmt="o", ms=2, color=_BAR, ecolor=_BAND,
                     elinewidth=0.6, alpha=0.7)  # fmt: skip
@@ -340,15 +380,18 @@ def contraction_plot(
     max_group_members: int = MAX_GROUP_MEMBERS,
     max_cols: int = MAX_COLS,
     max_panels: int = MAX_PANELS,
+    *,
+    var_names: VarNames = None,
+    ax: AxesArg = None,
 ) -> Figure:
     """Posterior sd / prior sd against the z-score (posterior mean − truth)/posterior sd, one
     point per simulation (Schad, Betancourt & Vasishth 2021; R SBC's `plot_contraction`).
     The prior sd is that of the truths over simulations (they are prior draws). Low on the y
     axis: the data are informative; z-scores mostly within ±2: no bias at that precision."""
     cal = _calibration(data, pool)
-    items, note = _estimates(cal, max_group_members, max_panels)
+    items, note = _estimates(cal, max_group_members, max_panels, var_names)
     title = f"Posterior sd / prior sd vs z-score ({_study_label(cal.ranks)}){note}"
-    fig, axes = _grid(len(items), max_cols, title)
+    fig, axes = _grid(len(items), max_cols, title, ax)
     for ax, (panel, truth, mean, sd) in zip(axes, items, strict=True):
         prior_sd = float(np.std(truth, ddof=1)) if truth.size > 1 else np.nan
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -7,6 +7,10 @@ it is (a Python function, or another kind), its answer is checked the same way
 (`call_simulator`). `PythonSimulator` names its function by a spec string
 ('package.module:function' or '/abs/path/file.py:function'), not a function object, so
 that worker processes (or dask workers on other hosts) import the same code by themselves.
+`CallableSimulator` holds a function object instead (one defined in a notebook cell, a
+closure over a design matrix): it travels to the workers by value, pickled with cloudpickle,
+and its fingerprint (`sbc.fingerprint`) stands for the source file in the resume identity.
+Derived quantities given as function objects are wrapped the same way (`UserFunction`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from sbc.errors import SBCError, one_line
+from sbc.fingerprint import function_fingerprint, function_name
 from sbc.ranks import scalar_names
 from sbc.seeds import simulation_seeds
 
@@ -123,20 +128,113 @@ class PythonSimulator:
 
     def check_call(self, where: str) -> None:
         try:
-            inspect.signature(load_callable(self.function)).bind(None, **self.args)
+            func = load_callable(self.function)
         except SBCError as exc:
             raise SBCError(f"{self.key}: {exc}", where=where) from None
-        except TypeError as exc:
-            raise SBCError(
-                f"{self.key}: {self.function} cannot be called as f(rng, **args) with "
-                f"[simulator] args = {self.args}: {exc}",
-                where=where,
-            ) from None
-        except ValueError:  # no signature to check (a builtin): the test calls will tell
-            pass
+        _check_signature(func, self.args, self.function, self.key, where, "[simulator] args")
 
     def __str__(self) -> str:
         return self.function
+
+
+class UserFunction:
+    """A function object of the user's (a notebook cell's), shipped to workers by value.
+
+    Pickled with cloudpickle whatever pickler the pool uses, so a function defined in
+    `__main__` (a notebook, a script) or a closure reaches worker processes and dask workers
+    alike; `describe()` names it with its fingerprint, so the resume identity changes when
+    its code or the values it reads change.
+    """
+
+    def __init__(self, func: Callable[..., Any]):
+        if not callable(func):
+            raise TypeError(f"expected a function, got {type(func).__name__}")
+        self.func = func
+        self.fingerprint = function_fingerprint(func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
+
+    def describe(self) -> str:
+        return f"{function_name(self.func)} (code {self.fingerprint})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import cloudpickle
+
+        return (_unpickle_function, (cloudpickle.dumps(self.func), self.fingerprint))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UserFunction) and other.fingerprint == self.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __str__(self) -> str:
+        return function_name(self.func)
+
+
+def _unpickle_function(blob: bytes, fingerprint: str) -> UserFunction:
+    import cloudpickle
+
+    out = UserFunction.__new__(UserFunction)
+    out.func, out.fingerprint = cloudpickle.loads(blob), fingerprint
+    return out
+
+
+FunctionSpec = str | UserFunction
+
+
+def resolve_function(spec: FunctionSpec) -> Callable[..., Any]:
+    """The function behind a spec string or a function object (in a worker or here)."""
+    return load_callable(spec) if isinstance(spec, str) else spec.func
+
+
+def describe_function(spec: FunctionSpec) -> str:
+    """What a manifest and the resume identity record: the spec string as written (so the
+    identity of studies written before stays the same), or a function's name and code."""
+    return spec if isinstance(spec, str) else spec.describe()
+
+
+@dataclass(frozen=True)
+class CallableSimulator:
+    """``sbc.run(simulator=f)``: a function object f(rng, **args), shipped by cloudpickle."""
+
+    function: UserFunction
+    args: dict[str, Any] = field(default_factory=dict)
+    key: ClassVar[str] = "simulator"
+
+    def prepare(self, where: str, progress: bool = True) -> None:
+        return None
+
+    def simulate(self, rng: np.random.Generator) -> Any:
+        return self.function(rng, **self.args)
+
+    def describe(self) -> dict[str, Any]:
+        return {"function": function_name(self.function.func), "args": self.args, "kind": "object"}
+
+    def source_hash(self) -> str | None:
+        return self.function.fingerprint
+
+    def check_call(self, where: str) -> None:
+        _check_signature(self.function.func, self.args, str(self), self.key, where, "args")
+
+    def __str__(self) -> str:
+        return function_name(self.function.func)
+
+
+def _check_signature(
+    func: Callable[..., Any], args: Mapping[str, Any], name: str, key: str, where: str, label: str
+) -> None:
+    """f(rng, **args) must be a valid call (checked before any call is made)."""
+    try:
+        inspect.signature(func).bind(None, **args)
+    except TypeError as exc:
+        raise SBCError(
+            f"{key}: {name} cannot be called as f(rng, **args) with {label} = {args}: {exc}",
+            where=where,
+        ) from None
+    except ValueError:  # no signature to check (a builtin): the test calls will tell
+        pass
 
 
 def call_simulator(
@@ -188,8 +286,9 @@ def _json(data: Mapping[str, Any]) -> str:
 
 def check_simulator(
     simulator: Simulator, seed: int, sims: int, where: str, tries: int = 5
-) -> dict[str, np.ndarray]:
-    """The simulator can be called, uses only its rng and returns numeric truths: its truth.
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The simulator can be called, uses only its rng and returns numeric truths: its first
+    (truth, data).
 
     A simulator may fail for a few seeds (recorded per simulation later), so the study is
     refused only if it fails on each of the first `tries` simulations.
@@ -199,7 +298,7 @@ def check_simulator(
     for i in range(min(tries, sims)):
         try:
             check_deterministic(simulator, seed + i)
-            return call_simulator(simulator, simulation_seeds(seed, i)[0])[0]
+            return call_simulator(simulator, simulation_seeds(seed, i)[0])
         except SBCError as exc:
             raise SBCError(f"{simulator.key}: {exc}", where=where) from None
         except Exception as exc:  # the user's code failed; try the next seed
@@ -227,6 +326,35 @@ def check_truth_against_model(
             raise SBCError(
                 f"truth {name!r} has {np.ndim(value)} dimensions but the model's {name} "
                 f"has {produced[name]}",
+                where=where,
+            )
+
+
+def check_data_against_program(
+    data: Mapping[str, Any], inputs: Mapping[str, int], model: str, where: str
+) -> None:
+    """The simulator's data has every input the program's data block declares, each with as
+    many dimensions (`stanc --info`): otherwise every fit would fail, one by one.
+
+    Sizes are not checked (they are expressions of other data); extra entries are allowed
+    (CmdStan ignores them). A value whose dimensions numpy cannot tell (a ragged list) is
+    left for CmdStan to judge.
+    """
+    missing = [name for name in inputs if name not in data]
+    if missing:
+        raise SBCError(
+            f"the simulator's data lacks {', '.join(map(repr, missing))}, which {model} "
+            f"declares in its data block (it declares: {', '.join(inputs)})",
+            where=where,
+        )
+    for name, declared in inputs.items():
+        try:
+            given = np.ndim(data[name])
+        except (TypeError, ValueError):
+            continue
+        if given != declared:
+            raise SBCError(
+                f"data {name!r} has {given} dimensions but {model} declares {name} with {declared}",
                 where=where,
             )
 

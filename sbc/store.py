@@ -1,9 +1,16 @@
 """The results store: one SQLite file per study, append-only and resumable.
 
-Only the runner's main process writes; each finished simulation is one
-transaction (its `simulations` row, its `ranks` rows and, if asked, its kept
-draws), so a killed runner leaves either all of a simulation or none of it.
+Only the runner's main process writes; finished simulations are committed in
+transactions of one or more whole simulations (each with its `simulations` row,
+its `ranks` rows and, if asked, its kept draws), so a killed runner leaves either
+all of a simulation or none of it.
 WAL mode lets `sbc report` and `sbc check` read while a study runs.
+
+Ranks come in versions. Version 1 is the `ranks` table (every store has it; sbc 0.1's
+stores have only it). `sbc rerank` computes ranks again from kept draws, with other test
+quantities or thinning, and stores them as a new version in `reranks`, in one
+transaction with its description (manifest ``rank_versions``): an older version is never
+overwritten, and a version is there whole or not at all.
 """
 
 from __future__ import annotations
@@ -102,6 +109,13 @@ CREATE TABLE IF NOT EXISTS ranks (
     {", ".join(f'"{name}" {kind}' for name, kind in RANK_COLUMNS.items())},
     PRIMARY KEY (sim, quantity)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reranks (
+    version INTEGER NOT NULL CHECK (version >= 2),
+    sim INTEGER NOT NULL REFERENCES simulations(sim) ON DELETE CASCADE,
+    quantity TEXT NOT NULL,
+    {", ".join(f'"{name}" {kind}' for name, kind in RANK_COLUMNS.items())},
+    PRIMARY KEY (version, sim, quantity)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS draws (
     sim INTEGER PRIMARY KEY REFERENCES simulations(sim) ON DELETE CASCADE,
     npz BLOB NOT NULL
@@ -109,7 +123,9 @@ CREATE TABLE IF NOT EXISTS draws (
 """
 
 
-_TABLES = {"manifest", "simulations", "ranks", "draws"}
+_TABLES = {"manifest", "simulations", "ranks", "reranks", "draws"}
+#: The manifest key describing rank versions 2, 3, ... (version 1 is the study's own).
+RANK_VERSIONS = "rank_versions"
 
 
 @dataclass
@@ -228,45 +244,81 @@ class Store:
         where = "" if include_failed else " WHERE status = 'ok'"
         return {r[0] for r in self.con.execute(f"SELECT sim FROM simulations{where}")}
 
-    def add(self, result: SimulationResult) -> None:
-        """Commit one simulation, replacing an earlier failed attempt at it.
+    def add(self, result: SimulationResult, ranks_version: int = 1) -> None:
+        """Commit one simulation, replacing an earlier failed attempt at it."""
+        self.add_many([result], ranks_version)
+
+    def add_many(self, results: Sequence[SimulationResult], ranks_version: int = 1) -> None:
+        """Commit several simulations in one transaction (a group commit): each is stored
+        whole or not at all, and so are they together; an earlier failed attempt at one of
+        them is replaced; their ranks go to `ranks_version` (the version whose settings the
+        running study has). One transaction costs one sync of the file, whatever it holds,
+        so a runner that receives many cheap simulations at once stores them together.
 
         A diagnostic the backend did not declare is refused, never dropped: it is a bug in
         the backend (`Backend.diagnostics` lists every key its `diagnose` returns).
         """
         known = [d.name for d in self.columns]
-        undeclared = sorted(set(result.diagnostics) - set(known))
-        if undeclared:
-            raise SBCError(
-                f"simulation {result.sim}: the backend returned diagnostics it does not declare: "
-                f"{', '.join(undeclared)} (a bug in the backend: declare them in its "
-                f"`diagnostics`; declared: {', '.join(known)})",
-                where=str(self.path),
-            )
+        for result in results:
+            undeclared = sorted(set(result.diagnostics) - set(known))
+            if undeclared:
+                raise SBCError(
+                    f"simulation {result.sim}: the backend returned diagnostics it does not "
+                    f"declare: {', '.join(undeclared)} (a bug in the backend: declare them in "
+                    f"its `diagnostics`; declared: {', '.join(known)})",
+                    where=str(self.path),
+                )
         sim_cols = [*BASE_COLUMNS, *known]
-        values = [result.sim, result.status, result.seed, result.error]
-        values += [_sql_value(result.diagnostics.get(c)) for c in known]
-        rank_cols = ["sim", "quantity", *RANK_COLUMNS]
-        rank_rows = [
-            [result.sim, r["quantity"], *(_sql_value(r.get(c)) for c in RANK_COLUMNS)]
-            for r in result.ranks
+        sim_rows = [
+            [r.sim, r.status, r.seed, r.error, *(_sql_value(r.diagnostics.get(c)) for c in known)]
+            for r in results
         ]
+        table, rank_cols, rank_rows = _rank_rows(ranks_version, 0, [])
+        for r in results:
+            rank_rows += _rank_rows(ranks_version, r.sim, r.ranks)[2]
+        draws = [(r.sim, r.draws_npz) for r in results if r.draws_npz is not None]
         with self._transaction():
-            self.con.execute("DELETE FROM simulations WHERE sim = ?", (result.sim,))
-            self.con.execute(
-                f"INSERT INTO simulations({', '.join(_quoted(sim_cols))}) "
-                f"VALUES ({', '.join('?' * len(sim_cols))})",
-                values,
+            self.con.executemany(
+                "DELETE FROM simulations WHERE sim = ?", [(r.sim,) for r in results]
             )
             self.con.executemany(
-                f"INSERT INTO ranks({', '.join(_quoted(rank_cols))}) "
-                f"VALUES ({', '.join('?' * len(rank_cols))})",
-                rank_rows,
+                f"INSERT INTO simulations({', '.join(_quoted(sim_cols))}) "
+                f"VALUES ({', '.join('?' * len(sim_cols))})",
+                sim_rows,
             )
-            if result.draws_npz is not None:
-                self.con.execute(
-                    "INSERT INTO draws(sim, npz) VALUES (?, ?)", (result.sim, result.draws_npz)
-                )
+            self.con.executemany(_insert(table, rank_cols), rank_rows)
+            if draws:
+                self.con.executemany("INSERT INTO draws(sim, npz) VALUES (?, ?)", draws)
+
+    def add_rank_version(
+        self, version: int, ranks: Mapping[int, Sequence[Mapping[str, Any]]], info: Mapping
+    ) -> None:
+        """Store a new version of the ranks ({sim: rows}) with its description, atomically."""
+        if version < 2 or version in self.rank_versions():
+            raise ValueError(f"rank version {version} exists or is not a new version")
+        versions = dict(self.manifest().get(RANK_VERSIONS) or {})
+        versions[str(version)] = dict(info)
+        with self._transaction():
+            for sim, rows in ranks.items():
+                table, cols, values = _rank_rows(version, sim, rows)
+                self.con.executemany(_insert(table, cols), values)
+            self.con.execute(
+                "INSERT INTO manifest(key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (RANK_VERSIONS, json.dumps(versions, sort_keys=True)),
+            )
+
+    def rank_versions(self) -> list[int]:
+        """Versions of the ranks stored: 1 (the study's own), then any re-rankings."""
+        if not self._has_table("reranks"):
+            return [1]
+        more = [r[0] for r in self.con.execute("SELECT DISTINCT version FROM reranks")]
+        described = [int(v) for v in self.manifest().get(RANK_VERSIONS) or {}]
+        return sorted({1, *more, *described})
+
+    def _has_table(self, name: str) -> bool:
+        query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.con.execute(query, (name,)).fetchone() is not None
 
     def _transaction(self):
         return _Transaction(self.con)
@@ -275,13 +327,20 @@ class Store:
     def simulations(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM simulations ORDER BY sim", self.con)
 
-    def ranks(self) -> pd.DataFrame:
+    def ranks(self, version: int = 1) -> pd.DataFrame:
+        """One row per (successful simulation, quantity) of a version of the ranks."""
+        table, where, params = "ranks", "", ()
+        if version != 1:
+            if not self._has_table("reranks"):  # a store from before rank versions
+                return pd.DataFrame(columns=["sim", "quantity", *RANK_COLUMNS])
+            table, where, params = "reranks", " AND r.version = ?", (version,)
         df = pd.read_sql_query(
-            "SELECT r.* FROM ranks r JOIN simulations s USING (sim) "
-            "WHERE s.status = 'ok' ORDER BY r.sim, r.quantity",
+            f"SELECT r.* FROM {table} r JOIN simulations s USING (sim) "
+            f"WHERE s.status = 'ok'{where} ORDER BY r.sim, r.quantity",
             self.con,
+            params=params,
         )
-        return df.drop(columns=[c for c in LEGACY_RANK_COLUMNS if c in df])
+        return df.drop(columns=[c for c in (*LEGACY_RANK_COLUMNS, "version") if c in df])
 
     def kept_draws(self, sim: int) -> bytes | None:
         row = self.con.execute("SELECT npz FROM draws WHERE sim = ?", (sim,)).fetchone()
@@ -307,6 +366,21 @@ class _Transaction:
             if self.con.in_transaction:
                 self.con.execute("ROLLBACK")
             raise
+
+
+def _rank_rows(
+    version: int, sim: int, rows: Iterable[Mapping[str, Any]]
+) -> tuple[str, list[str], list[list[Any]]]:
+    """(table, columns, values) of one simulation's ranks in a version of the ranks."""
+    cols = ["sim", "quantity", *RANK_COLUMNS]
+    values = [[sim, r["quantity"], *(_sql_value(r.get(c)) for c in RANK_COLUMNS)] for r in rows]
+    if version == 1:
+        return "ranks", cols, values
+    return "reranks", ["version", *cols], [[version, *v] for v in values]
+
+
+def _insert(table: str, cols: Sequence[str]) -> str:
+    return f"INSERT INTO {table}({', '.join(_quoted(cols))}) VALUES ({', '.join('?' * len(cols))})"
 
 
 def _quoted(names: Iterable[str]) -> list[str]:

@@ -3,8 +3,15 @@
 Every problem is an `SBCError` naming the file and the key, e.g.
 ``studies/x.toml: [sampler] chains: expected an integer >= 1, got 0``.
 Paths in a study file are relative to the file itself. What is generic (the simulator,
-the quantities, `thin`, parallelism) is read here; ``[backend]`` and ``[sampler]`` are read
-by the declarations of the backend that ``[backend] type`` names (`sbc.backends`).
+the quantities, `thin_ranks`, parallelism) is read here; ``[backend]`` and ``[sampler]`` are
+read by the declarations of the backend that ``[backend] type`` names (`sbc.backends`).
+
+Where a method's settings live: beside ``type`` in ``[backend]``, under cmdstanpy's names
+(or in ``[backend.<name>]``, so one file can hold the settings of several methods and
+``--backend <name>`` picks one). ``[sampler]`` is sbc 0.1's spelling of NUTS's settings
+and keeps its meanings (``warmup``, ``draws``, and ``thin`` = `thin_ranks`); it belongs to
+the file's own ``type``. `thin_ranks` is generic (R's SBC passes it to the ranking, not to
+the backend).
 """
 
 from __future__ import annotations
@@ -14,28 +21,40 @@ import hashlib
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sbc.backends import BackendSpec, backend_class
+from sbc.backends import BackendSpec, backend_class, known_backends
 from sbc.errors import SBCError
 from sbc.options import (
+    Written,
     check_bool,
+    check_callable_spec,
     check_int,
     check_names,
     check_str,
     check_table,
+    field_names,
     no_unknown,
     parse_options,
+    read_options,
 )
-from sbc.simulate import PythonSimulator, Simulator
+from sbc.simulate import (
+    CallableSimulator,
+    FunctionSpec,
+    PythonSimulator,
+    Simulator,
+    UserFunction,
+    describe_function,
+)
 
 
 @dataclass(frozen=True)
 class Quantities:
     include: tuple[str, ...] = ()  # variable or scalar names; empty = all with a truth
-    derived: dict[str, str] = field(default_factory=dict)  # name -> "module:function"
+    derived: dict[str, FunctionSpec] = field(default_factory=dict)  # "module:function" or object
     pool: tuple[str, ...] = ()  # variables pooled over their first index (group effects)
     trace: tuple[str, ...] = ()  # variables `sbc recover` plots; default: include's, else all
 
@@ -43,7 +62,18 @@ class Quantities:
 @dataclass(frozen=True)
 class Parallel:
     workers: int = 0  # 0 = one per core
-    scheduler: str = "local"  # "local" (joblib/loky), "local:N" or "tcp://host:port" (dask)
+    scheduler: str = "local"  # "local" (joblib/loky), "local:N", "tcp://..." or "tls://..."
+    # for a tls:// scheduler (PEM files, as `dask scheduler --tls-*` takes them); unset: dask's
+    # own config (distributed.comm.tls.ca-file, .client.cert, .client.key)
+    tls_ca_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def tls_files(self) -> dict[str, Path]:
+        """The TLS files given, by `dask.distributed.Security`'s names."""
+        named = {"tls_ca_file": self.tls_ca_file, "tls_client_cert": self.tls_cert,
+                 "tls_client_key": self.tls_key}  # fmt: skip
+        return {k: v for k, v in named.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -55,13 +85,16 @@ class Study:
     seed: int
     simulator: Simulator
     backend: BackendSpec = field(default_factory=BackendSpec)
-    thin: int = 10  # every thin-th draw is kept for the ranks (generic: not a backend option)
+    thin_ranks: int = 10  # every thin_ranks-th draw of each chain is ranked (generic)
     quantities: Quantities = Quantities()
     parallel: Parallel = Parallel()
     out: Path | None = None
     keep_draws: bool = False
     description: str = ""
     model: Any = None  # a `sbc.models.ModelInfo` when the study has a [model] formula
+    #: ``[backend]``, ``[sampler]`` and `thin_ranks` as written: `with_overrides(backend=...)`
+    #: picks another method's settings from them.
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -69,8 +102,14 @@ class Study:
         return dict(self.model.labels) if self.model is not None else {}
 
     @property
+    def thin(self) -> int:
+        """sbc 0.1's name of `thin_ranks`."""
+        return self.thin_ranks
+
+    @property
     def sampler(self) -> Any:
-        """The backend's ``[sampler]`` settings (for CmdStan: NUTS), or None if it has none."""
+        """The backend's sbc 0.1 ``[sampler]`` settings if it reads them as its own table
+        (the exact backends), else None: the CmdStan backends' are `backend.options`."""
         return self.backend.sampler
 
     @property
@@ -94,25 +133,35 @@ class Study:
     def identity(self) -> dict[str, Any]:
         """What must not change for stored results to stay valid (sims and parallelism may).
 
-        The sampler settings with their defaults, and the ``[backend]`` table as written:
-        the form sbc 0.1 hashed, so that results it wrote resume. What only the analysis
-        reads (`pool`, `trace`) is not part of it.
+        The form sbc 0.1 hashed, so that results it wrote resume: ``sampler`` holds its
+        ``[sampler]`` settings (for CmdStan under their sbc 0.1 names, whatever spelling
+        the file uses) and ``thin`` (= `thin_ranks`), ``backend`` the type and the other
+        settings (the backend's `settings_identity`). What only the analysis reads
+        (`pool`, `trace`) is not part of it.
         """
-        sampler = self.backend.sampler
+        sampler, options = _settings_identity(self.backend)
         return {
             "seed": self.seed,
             "simulator": self.simulator.describe(),
-            "sampler": {
-                **(dataclasses.asdict(sampler) if sampler is not None else {}),
-                "thin": self.thin,
-            },
-            "backend": {"type": self.backend.type, "options": dict(self.backend.table)},
+            "sampler": {**sampler, "thin": self.thin_ranks},
+            "backend": {"type": self.backend.type, "options": options},
             "quantities": {
                 "include": list(self.quantities.include),
-                "derived": self.quantities.derived,
+                "derived": self.derived_described(),
             },
             "keep_draws": self.keep_draws,
         }
+
+    def derived_described(self) -> dict[str, str]:
+        return {k: describe_function(v) for k, v in self.quantities.derived.items()}
+
+    def fit_identity(self) -> dict[str, Any]:
+        """What changes the fits: the part of `identity` a re-ranking cannot make up for."""
+        return split_identity(self.identity())[0]
+
+    def rank_identity(self) -> dict[str, Any]:
+        """What changes only the ranks (thinning, quantities): re-ranking kept draws can."""
+        return split_identity(self.identity())[1]
 
     def describe(self) -> dict[str, Any]:
         """The study as run, for the results manifest (``manifest["study"]``)."""
@@ -126,15 +175,22 @@ class Study:
             "simulator": self.simulator.describe(),
             "sampler": self.identity()["sampler"],
             "backend": self.identity()["backend"],
-            "quantities": dataclasses.asdict(self.quantities),
-            "parallel": dataclasses.asdict(self.parallel),
+            "quantities": {
+                "include": self.quantities.include,
+                "derived": self.derived_described(),
+                "pool": self.quantities.pool,
+                "trace": self.quantities.trace,
+            },
+            "parallel": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in dataclasses.asdict(self.parallel).items()
+            },
             "keep_draws": self.keep_draws,
             **({"model": self.model.describe(), "labels": self.labels} if self.model else {}),
         }
 
     def identity_hash(self) -> str:
-        blob = json.dumps(self.identity(), sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return identity_hash(self.identity())
 
     def with_overrides(
         self,
@@ -145,28 +201,95 @@ class Study:
         scheduler: str | None = None,
         out: Path | str | None = None,
         stan: Path | str | None = None,
+        backend: str | None = None,
+        tls: Mapping[str, Path | str | None] | None = None,
     ) -> Study:
-        """The study with command-line overrides applied and checked like file values."""
+        """The study with command-line overrides applied and checked like file values.
+
+        `backend` runs another method on the same datasets, with the settings the file
+        gives it in ``[backend.<name>]`` (else its defaults); its results go to
+        ``results/<name>-<backend>`` unless `out` says otherwise. `tls`: `Parallel`'s TLS
+        fields (tls_ca_file, tls_cert, tls_key) to replace."""
         where = "command line"
         changes: dict[str, Any] = {}
+        if backend is not None and backend != self.backend.type:
+            changes.update(self._switched(backend, rename=out is None and self.out is None))
         if sims is not None:
             changes["sims"] = check_int(sims, "--sims", where, minimum=1)
         if seed is not None:
             changes["seed"] = check_int(seed, "--seed", where, minimum=0)
-        if workers is not None or scheduler is not None:
-            changes["parallel"] = Parallel(
-                workers=self.parallel.workers
-                if workers is None
-                else check_int(workers, "--workers", where, minimum=1),
-                scheduler=self.parallel.scheduler
-                if scheduler is None
-                else _scheduler(scheduler, "--scheduler", where),
-            )
+        parallel: dict[str, Any] = {}
+        if workers is not None:
+            parallel["workers"] = check_int(workers, "--workers", where, minimum=1)
+        if scheduler is not None:
+            parallel["scheduler"] = _scheduler(scheduler, "--scheduler", where)
+        for name, value in (tls or {}).items():
+            if name not in _TLS_KEYS:
+                raise TypeError(f"with_overrides: unknown TLS field {name!r}")
+            if value is not None:
+                flag = "--" + name.replace("_", "-")
+                parallel[name] = _tls_file(str(value), flag, where, Path.cwd())
+        if parallel:
+            changes["parallel"] = dataclasses.replace(self.parallel, **parallel)
         if out is not None:
             changes["out"] = Path(out)
         if stan is not None:
             changes["stan"] = _existing_file(Path(stan), "--stan", where, suffix=".stan")
         return dataclasses.replace(self, **changes)
+
+    def _switched(self, backend: str, rename: bool) -> dict[str, Any]:
+        """What changes when `backend` is run instead of the file's own method."""
+        if backend not in known_backends():
+            raise SBCError(
+                f"--backend: unknown backend {backend!r} (known: {', '.join(known_backends())})",
+                where="command line",
+            )
+        where = str(self.path) if self.path else "study"
+        spec, needs_stan, thin = _settings(self.settings, where, self.base_dir, choose=backend)
+        if needs_stan and self.stan is None:
+            raise SBCError(f"stan: missing (backend {backend} fits a Stan program)", where=where)
+        changes: dict[str, Any] = {"backend": spec, "thin_ranks": thin}
+        if rename:
+            changes["name"] = f"{self.name}-{backend}"
+        return changes
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    """The hash a results manifest records (sbc 0.1's form, so its results still resume)."""
+    blob = json.dumps(identity, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def split_identity(identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`Study.identity()` as (what changes the fits, what changes only the ranks).
+
+    The fits: seed, simulator, the sampler's settings but `thin`, the backend, keep_draws.
+    The ranks: `thin` and the quantities ranked (include, derived). A study that differs
+    from stored results in the second part only can be re-ranked from kept draws.
+    """
+    sampler = dict(identity["sampler"])
+    thin = sampler.pop("thin", None)
+    fits = {k: v for k, v in identity.items() if k not in ("sampler", "quantities")}
+    fits["sampler"] = sampler
+    ranks = {"thin": thin, **identity["quantities"]}
+    return fits, ranks
+
+
+def identity_from_manifest(study: dict[str, Any]) -> dict[str, Any] | None:
+    """`Study.identity()` rebuilt from a manifest's ``study`` entry (what `describe` wrote),
+    or None if the entry lacks a part; the caller checks it against the recorded hash."""
+    try:
+        q = study["quantities"]
+        return {
+            "seed": study["seed"],
+            "simulator": study["simulator"],
+            "sampler": study["sampler"],
+            "backend": study["backend"],
+            "quantities": {"include": q["include"], "derived": q["derived"]},
+            "keep_draws": study["keep_draws"],
+        }
+    except (KeyError, TypeError):
+        return None
 
 
 def available_cores() -> int:
@@ -179,14 +302,15 @@ def available_cores() -> int:
 # -- parsing -------------------------------------------------------------------------------------
 
 _TOP = {
-    "name", "description", "stan", "sims", "seed", "keep_draws", "out",
+    "name", "description", "stan", "sims", "seed", "keep_draws", "out", "thin_ranks",
     "simulator", "sampler", "backend", "quantities", "parallel", "model",
 }  # fmt: skip
 _SECTIONS: dict[str, set[str]] = {
     "simulator": {"function", "args"},
     "quantities": {"include", "derived", "pool", "trace"},
-    "parallel": {"workers", "scheduler"},
+    "parallel": {"workers", "scheduler", "tls_ca_file", "tls_cert", "tls_key"},
 }
+_TLS_KEYS = ("tls_ca_file", "tls_cert", "tls_key")
 
 
 def load_study(path: Path | str) -> Study:
@@ -214,9 +338,10 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     if not name or "/" in name or name.startswith("."):
         raise SBCError(f"name: must be a plain folder name, got {name!r}", where=where)
 
-    backend, needs_stan = _backend(raw.get("backend", {}), where)
+    settings = {k: raw[k] for k in ("backend", "sampler", "thin_ranks") if k in raw}
+    backend, needs_stan, thin_ranks = _settings(settings, where, base)
     stan = None
-    model = simulator = None
+    built = None
     if "model" in raw:  # a formula: the Stan program (and the simulator) come from it
         if "stan" in raw:
             raise SBCError("stan: a study with a [model] formula generates its program; "
@@ -224,34 +349,25 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         from sbc.models.section import parse_model
 
         built = parse_model(raw, base, where)
-        model, simulator, stan = built.info, built.simulator, built.info.stan_file
+        stan = built.info.stan_file
     elif "stan" in raw:
         stan = _existing_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
     elif needs_stan:
         raise SBCError("stan: missing (the Stan program to calibrate)", where=where)
 
-    if simulator is None:
-        simulator = _python_simulator(raw.get("simulator"), where, base)
+    simulator = (built and built.simulator) or _python_simulator(raw.get("simulator"), where, base)
 
-    backend, thin = _sampler(raw.get("sampler", {}), backend, where)
     q_raw = check_table(raw.get("quantities", {}), "quantities", where)
     no_unknown(q_raw, _SECTIONS["quantities"], "quantities", where)
     derived = check_table(q_raw.get("derived", {}), "[quantities] derived", where)
-    derived = {
-        k: _callable_spec(v, f"[quantities] derived.{k}", where, base) for k, v in derived.items()
-    }
+    derived = {k: _function_spec(v, f"[quantities] derived.{k}", where, base)
+               for k, v in derived.items()}  # fmt: skip
     quantities = Quantities(
         include=check_names(
-            q_raw.get("include", _model_variables(simulator) if model else []),
-            "[quantities] include",
-            where,
+            q_raw.get("include", built.include if built else []), "[quantities] include", where
         ),
         derived=derived,
-        pool=_variables(
-            q_raw.get("pool", model.model.group_variables() if model else []),
-            "[quantities] pool",
-            where,
-        ),
+        pool=_variables(q_raw.get("pool", built.pool if built else []), "[quantities] pool", where),
         trace=_variables(q_raw.get("trace", []), "[quantities] trace", where),
     )
     p_raw = check_table(raw.get("parallel", {}), "parallel", where)
@@ -259,6 +375,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     parallel = Parallel(
         workers=check_int(p_raw.get("workers", 0), "[parallel] workers", where, minimum=0),
         scheduler=_scheduler(p_raw.get("scheduler", "local"), "[parallel] scheduler", where),
+        **{k: _tls_file(p_raw[k], f"[parallel] {k}", where, base) for k in _TLS_KEYS if k in p_raw},
     )
     out = raw.get("out")
     return Study(
@@ -269,58 +386,157 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         seed=check_int(raw.get("seed", 0), "seed", where, minimum=0),
         simulator=simulator,
         backend=backend,
-        thin=thin,
+        thin_ranks=thin_ranks,
         quantities=quantities,
         parallel=parallel,
         out=(base / check_str(out, "out", where)) if out is not None else None,
         keep_draws=check_bool(raw.get("keep_draws", False), "keep_draws", where),
         description=check_str(raw.get("description", ""), "description", where),
-        model=model,
+        model=built.info if built else None,
+        settings=settings,
     )
 
 
-def _model_variables(simulator: Simulator) -> list[str]:
-    """A formula model's variables in its own order (beta, sigma, tau, rho, b), not sorted."""
-    variables = getattr(simulator, "variables", None)
-    return variables() if callable(variables) else []
-
-
-def _python_simulator(raw: Any, where: str, base: Path) -> PythonSimulator:
-    """``[simulator] function = "module:function"`` with ``args``."""
+def _python_simulator(raw: Any, where: str, base: Path) -> Simulator:
+    """``[simulator] function = "module:function"`` (or a function object) with ``args``."""
     sim_raw = check_table(raw, "simulator", where, required=True)
     no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
     if "function" not in sim_raw:
         raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
-    return PythonSimulator(
-        function=_callable_spec(sim_raw["function"], "[simulator] function", where, base),
-        args=check_table(sim_raw.get("args", {}), "[simulator] args", where),
-    )
+    sim_args = check_table(sim_raw.get("args", {}), "[simulator] args", where)
+    if callable(sim_raw["function"]):  # a function object (a notebook's): `sbc.run(simulator=f)`
+        return CallableSimulator(UserFunction(sim_raw["function"]), sim_args)
+    function = check_callable_spec(sim_raw["function"], "[simulator] function", where, base)
+    return PythonSimulator(function=function, args=sim_args)
 
 
-def _backend(raw: Any, where: str) -> tuple[BackendSpec, bool]:
-    """``[backend]``: its type, and the rest checked by that backend's declared `Options`."""
-    table = dict(check_table(raw, "backend", where))
-    kind = check_str(table.pop("type", "cmdstan"), "[backend] type", where)
-    cls = backend_class(kind, where)
-    options = parse_options(cls.Options, table, "backend", where)
-    return BackendSpec(type=kind, options=options, table=table), bool(cls.needs_stan)
-
-
-def _sampler(raw: Any, backend: BackendSpec, where: str) -> tuple[BackendSpec, int]:
-    """``[sampler]``: `thin` (for the ranks, generic) and the backend's own sampler settings."""
-    table = check_table(raw, "sampler", where)
-    thin = check_int(table.get("thin", 10), "[sampler] thin", where, minimum=1)
-    cls = backend_class(backend.type, where)
-    if cls.Sampler is None:
-        no_unknown(table, {"thin"}, "sampler", where)
-        return backend, thin
-    sampler = parse_options(cls.Sampler, table, "sampler", where, also_known={"thin"})
-    draws = getattr(sampler, "draws", None)
-    if isinstance(draws, int) and thin > draws:
+def _settings(
+    raw: Mapping[str, Any], where: str, base: Path, choose: str | None = None
+) -> tuple[BackendSpec, bool, int]:
+    """The settings of the method a study runs: (its spec, whether it needs a Stan program,
+    thin_ranks). `raw` holds ``[backend]``, ``[sampler]`` and `thin_ranks` as written;
+    `choose` runs another backend than ``[backend] type``. Every method's table is checked,
+    the ones not run too, so a typo never waits for the day its method runs."""
+    table = dict(check_table(raw.get("backend", {}), "backend", where))
+    own = check_str(table.pop("type", "cmdstan"), "[backend] type", where)
+    backend_class(own, where)
+    subs = {k: table.pop(k) for k in [k for k, v in table.items() if isinstance(v, dict)]}
+    for name in subs:
+        if name not in known_backends():
+            raise SBCError(
+                f"[backend.{name}]: unknown backend {name!r} (known: "
+                f"{', '.join(known_backends())})",
+                where=where,
+            )
+    if own in subs and table:
         raise SBCError(
-            f"[sampler] thin: {thin} is more than draws ({draws}); no draws would be left", where
+            f"[backend.{own}]: backend {own}'s settings go beside type or in [backend.{own}], "
+            "not both",
+            where=where,
         )
-    return dataclasses.replace(backend, sampler=sampler), thin
+    tables = {name: Written(f"backend.{name}", t) for name, t in subs.items()}
+    tables.setdefault(own, Written("backend", table))
+    sampler = dict(check_table(raw.get("sampler", {}), "sampler", where))
+    chosen = choose or own
+    specs = {name: _spec(name, t, sampler if name == own else None, where, base)
+             for name, t in tables.items()}  # fmt: skip
+    spec = specs.get(chosen) or _spec(chosen, Written(f"backend.{chosen}", {}), None, where, base)
+    thin_ranks, label = _thin_ranks(raw.get("thin_ranks"), sampler.get("thin"), where)
+    draws = _draws_per_chain(spec)
+    if draws is not None and thin_ranks > draws[0]:
+        raise SBCError(
+            f"{label}: {thin_ranks} is more than {draws[1]} ({draws[0]}); no draws would be left",
+            where,
+        )
+    return spec, bool(backend_class(chosen, where).needs_stan), thin_ranks
+
+
+def _spec(
+    name: str, written: Written, sampler: dict[str, Any] | None, where: str, base: Path
+) -> BackendSpec:
+    """One backend's settings from its table, and from ``[sampler]`` if it is the file's own
+    (None otherwise): sbc 0.1's table of its own (`Sampler`), or mapped onto the options."""
+    cls = backend_class(name, where)
+    _not_another_backends(name, cls, written, where)
+    sources = [written]
+    parsed_sampler = None
+    if sampler is not None and cls.Sampler is not None:
+        parsed_sampler = parse_options(cls.Sampler, sampler, "sampler", where, also_known={"thin"})
+    elif sampler is not None:
+        names = {
+            f.metadata["sampler"]: f.name
+            for f in dataclasses.fields(cls.Options)
+            if "sampler" in f.metadata
+        }
+        for key in sampler:
+            if key != "thin" and not names:
+                raise SBCError(
+                    f"[sampler] {key}: unknown key (backend {name} has no [sampler] settings; "
+                    "[sampler] thin is thin_ranks; its settings go in [backend])",
+                    where=where,
+                )
+        sources.append(Written("sampler", sampler, names=names, also_known=frozenset({"thin"})))
+    options = read_options(cls.Options, sources, where, base)
+    return BackendSpec(type=name, options=options, sampler=parsed_sampler, table=written.table)
+
+
+def _not_another_backends(name: str, cls: type, written: Written, where: str) -> None:
+    """A key that is some other backend's setting is named as such, in one line."""
+    own = field_names(cls.Options)
+    for key in written.table:
+        if key in own:
+            continue
+        if key == "seed":
+            raise SBCError(
+                f"{written.label(key)}: each fit's seed comes from the study's `seed` and the "
+                "simulation index; set `seed` at the top of the study file",
+                where=where,
+            )
+        owners = [other for other in known_backends() if other != name and key in _keys(other)]
+        if owners:
+            raise SBCError(
+                f"{written.label(key)}: a setting of backend {', '.join(owners)}, not of {name} "
+                f"(known: {', '.join(sorted(own)) or 'none'})",
+                where=where,
+            )
+
+
+def _keys(backend: str) -> set[str]:
+    """Every setting name a backend accepts (none if it cannot be loaded)."""
+    try:
+        return set(field_names(backend_class(backend).Options))
+    except SBCError:
+        return set()
+
+
+def _thin_ranks(value: Any, sampler_thin: Any, where: str) -> tuple[int, str]:
+    """`thin_ranks` (R SBC's name) or ``[sampler] thin`` (sbc 0.1's), and which was written.
+    (The one place to read its value: issue 18 adds "auto" here.)"""
+    if value is not None and sampler_thin is not None:
+        raise SBCError("thin_ranks: also given as [sampler] thin (its old name); give it once",
+                       where=where)  # fmt: skip
+    if sampler_thin is not None:
+        return check_int(sampler_thin, "[sampler] thin", where, minimum=1), "[sampler] thin"
+    return check_int(10 if value is None else value, "thin_ranks", where, minimum=1), "thin_ranks"
+
+
+def _draws_per_chain(spec: BackendSpec) -> tuple[int, str] | None:
+    """(draws a chain yields, their name) when the settings say, for the thin_ranks check."""
+    for settings in (spec.options, spec.sampler):
+        count = getattr(settings, "draws_per_chain", None)
+        if callable(count):
+            return count()
+    draws = getattr(spec.sampler, "draws", None)  # sbc 0.1's [sampler] draws
+    return (draws, "draws") if isinstance(draws, int) else None
+
+
+def _settings_identity(spec: BackendSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    cls = backend_class(spec.type)
+    own = getattr(cls, "settings_identity", None)
+    if own is not None:
+        return own(spec)
+    sampler = dataclasses.asdict(spec.sampler) if spec.sampler is not None else {}
+    return sampler, dict(spec.table)  # a plugin without BackendBase: sbc 0.1's form
 
 
 def _variables(value: Any, key: str, where: str) -> tuple[str, ...]:
@@ -342,20 +558,21 @@ def _existing_file(path: Path, key: str, where: str, suffix: str) -> Path:
     return path.resolve()
 
 
-def _callable_spec(value: Any, key: str, where: str, base: Path) -> str:
-    """'module:function' stays as is; 'file.py:function' becomes an absolute path."""
-    spec = check_str(value, key, where)
-    target, sep, func = spec.rpartition(":")
-    if not sep or not target or not func.isidentifier():
-        raise SBCError(
-            f"{key}: expected 'module:function' or 'file.py:function', got {spec!r}", where=where
-        )
-    if target.endswith(".py"):
-        file = (base / target).resolve()
-        if not file.is_file():
-            raise SBCError(f"{key}: file not found: {file}", where=where)
-        return f"{file}:{func}"
-    return spec
+def _tls_file(value: Any, key: str, where: str, base: Path) -> Path:
+    """A certificate or key file (PEM) for a tls:// scheduler: it must exist now."""
+    path = (base / check_str(value, key, where)).resolve()
+    if not path.is_file():
+        raise SBCError(f"{key}: file not found: {path}", where=where)
+    return path
+
+
+def _function_spec(value: Any, key: str, where: str, base: Path) -> FunctionSpec:
+    """A spec string (checked by `check_callable_spec`) or a function object (a notebook's)."""
+    if isinstance(value, UserFunction):
+        return value
+    if callable(value):
+        return UserFunction(value)
+    return check_callable_spec(value, key, where, base)
 
 
 def _scheduler(value: Any, key: str, where: str) -> str:
@@ -368,5 +585,6 @@ def _scheduler(value: Any, key: str, where: str) -> str:
             raise SBCError(f"{key}: 'local:N' needs N >= 1, got {s!r}", where=where)
         return s
     raise SBCError(
-        f"{key}: expected 'local', 'local:N' or 'tcp://host:port', got {s!r}", where=where
+        f"{key}: expected 'local', 'local:N', 'tcp://host:port' or 'tls://host:port', got {s!r}",
+        where=where,
     )

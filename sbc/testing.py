@@ -10,15 +10,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sbc.checks import check
-from sbc.results import Results
+from sbc.results import StoredResults
 
 
 def assert_calibrated(
-    results: Results | str | Path,
+    results: StoredResults | str | Path,
     alpha: float = 0.01,
     max_divergent_share: float | None = None,
     max_failed_share: float | None = None,
     pool: Sequence[str] | None = None,
+    ranks_version: int | None = None,
 ) -> None:
     outcome = check(
         results,
@@ -26,6 +27,7 @@ def assert_calibrated(
         max_divergent_share=max_divergent_share,
         max_failed_share=max_failed_share,
         pool=pool,
+        ranks_version=ranks_version,
     )
     if not outcome.passed:
         raise AssertionError(

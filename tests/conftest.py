@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,13 @@ def exact_study(tmp_path: Path, name: str = "exact", sims: int = 50, **extra) ->
     path = tmp_path / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def stop_processes(procs: Sequence[subprocess.Popen]) -> None:
+    """Terminate processes started by a fixture (last first), killing any that linger."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

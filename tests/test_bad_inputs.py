@@ -116,8 +116,8 @@ def _run_case(case: dict, tmp: Path, results: dict[str, Path], cmdstan: Path | N
 def results(tmp_path_factory) -> dict[str, Path]:
     """Two finished exact-backend studies with different seeds (different datasets)."""
     tmp = tmp_path_factory.mktemp("results")
-    a = sbc.run(exact_study(tmp, "results_a", sims=6, seed=1), workers=1, progress=False)
-    b = sbc.run(exact_study(tmp, "results_b", sims=6, seed=2), workers=1, progress=False)
+    a = sbc.run(exact_study(tmp, "results_a", sims=6, seed=1), workers=1, progress=False).folder
+    b = sbc.run(exact_study(tmp, "results_b", sims=6, seed=2), workers=1, progress=False).folder
     return {"results_a": a, "results_b": b}
 
 

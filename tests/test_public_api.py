@@ -9,15 +9,17 @@ import sbc
 
 
 def test_public_names_resolve_to_their_modules():
+    from sbc.api import Results, load, rerank, run
     from sbc.errors import SBCError
-    from sbc.execution.run import run
-    from sbc.results import Results, load
+    from sbc.results import StoredResults
     from sbc.study import Study
 
-    assert (sbc.run, sbc.load, sbc.Results, sbc.Study, sbc.SBCError) == (
-        run, load, Results, Study, SBCError,
+    assert (sbc.run, sbc.load, sbc.rerank, sbc.Results, sbc.Study, sbc.SBCError) == (
+        run, load, rerank, Results, Study, SBCError,
     )  # fmt: skip
-    assert {"run", "load", "Study", "Results", "SBCError", "register_backend"} <= set(dir(sbc))
+    assert issubclass(sbc.Results, StoredResults)  # whatever reads stored results reads these
+    names = {"run", "load", "rerank", "Study", "Results", "SBCError", "register_backend"}
+    assert names <= set(dir(sbc))
 
 
 def test_help_imports_neither_pandas_nor_scipy_nor_cmdstanpy():

@@ -93,7 +93,7 @@ def studies(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     bad = exact_study(tmp, "narrow", sims=150, backend={"sd_scale": 0.7})
     for name, path in (("calibrated", good), ("narrow", bad)):
         folder = sbc.run(path, workers=1, progress=False)
-        written = write_report(folder)
+        written = write_report(folder)  # a Results: it is also the path of its folder
         out[name] = (written, written.read_text(encoding="utf-8"))
     return out
 
@@ -160,22 +160,23 @@ def test_interrupted_study_says_it_is_partial(tmp_path, monkeypatch):
     assert first["sims"] == 10 and "finished" in first
     assert sections.progress_notice(sbc.load(folder)) == ""
 
-    add = Store.add
+    add_many = Store.add_many
     calls = []
 
-    def interrupted(self, result):
-        if len(calls) == 5:
-            raise KeyboardInterrupt  # as if the user pressed Ctrl-C between two results
-        calls.append(result.sim)
-        add(self, result)
+    def interrupted(self, results, **kwargs):
+        for result in results:
+            if len(calls) == 5:
+                raise KeyboardInterrupt  # as if the user pressed Ctrl-C between two results
+            calls.append(result.sim)
+            add_many(self, [result], **kwargs)
 
-    monkeypatch.setattr(Store, "add", interrupted)
+    monkeypatch.setattr(Store, "add_many", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sbc.run(path, workers=1, progress=False)
     monkeypatch.undo()
-    res = sbc.load(folder)
+    res = sbc.load(folder)  # read again: `folder` is the Results of the first run, as it was
     assert res.manifest["sims"] == 40 and len(res.simulations) == 15
-    page = write_report(folder).read_text()
+    page = write_report(res).read_text()
     assert "Partial results: 15 of 40 simulations are stored." in page
     assert "has not finished" in page
 
@@ -199,9 +200,14 @@ def simulate(rng, *, gate, main_pid, **args):
 """
 
 
-def test_report_on_a_study_while_it_runs(tmp_path):
+def test_report_on_a_study_while_it_runs(tmp_path, monkeypatch):
     """The runner is writing (5 of 40 stored, the 6th held by a gate file) while the report
     reads the same SQLite file: the report is whole and says the run has not finished."""
+    import sbc.execution.pools
+
+    # one simulation per task, as real fits get (cheap ones go in batches, and a batch
+    # holding the gated 6th simulation would hold back the results of the others in it)
+    monkeypatch.setattr(sbc.execution.pools, "MAX_BATCH", 1)
     gate = tmp_path / "gate"
     gate.touch()
     (tmp_path / "gated.py").write_text(GATED_SIMULATOR)
@@ -329,7 +335,7 @@ def test_long_tables_fold_passing_rows_but_never_failing_ones():
         }
     )
     v.loc[3, "kind"] = "pooled"
-    shown, folded = sections._fold_rows(v, ~v["calibrated"], v["kind"])
+    shown, folded = sections.fold_rows(v, ~v["calibrated"], v["kind"])
     assert len(shown) == sections.MAX_TABLE_ROWS and len(shown) + len(folded) == n
     assert folded["calibrated"].all() and "q3" in set(shown["quantity"])
     assert set(v.loc[~v["calibrated"], "quantity"]) <= set(shown["quantity"])
@@ -387,6 +393,17 @@ def test_chromium_renders_the_report(studies, tmp_path):
     assert "SBC report: narrow" in dom.stdout
     assert dom.stdout.count("<img ") == page.count("<img ") == len(sections._PLOTS)
     assert len(DATA_PNG.findall(dom.stdout)) == len(sections._PLOTS)
+    for title in ("Coverage difference at every width", "Posterior mean vs truth", "Contraction"):
+        assert f'alt="{title}"' in dom.stdout  # R SBC's pictures, drawn in the page
+
+    # the whole page, down to the last picture: its lower part (coverage difference,
+    # posterior mean vs truth, contraction) is drawn, not blank
+    tall = tmp_path / "tall.png"
+    _chromium_run(exe, tmp_path, f"--screenshot={tall}", "--window-size=1200,7000", url)
+    img = mpimg.imread(tall)[..., :3]
+    content = np.nonzero((img < 0.9).any(axis=(1, 2)))[0]
+    lower = img[content.max() - 1500 : content.max()]
+    assert ((lower[..., 2] - lower[..., 0]) > 0.15).mean() > 0.002  # bands, points, bars
 
 
 def test_png_helper_sizes_images_in_css_pixels():

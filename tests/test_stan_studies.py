@@ -30,10 +30,10 @@ def small_lmm_study(tmp_path: Path, name: str, stan: str = "lmm_centered.stan", 
     text = (STUDIES / "lmm_sbc.toml").read_text()
     text = text.replace('name = "lmm_sbc"', f'name = "{name}"\nout = "{tmp_path / name}"')
     text = text.replace('stan = "../stan/lmm_centered.stan"', f'stan = "{ROOT / "stan" / stan}"')
-    text = re.sub(r"^sims = \d+", f"sims = {sims}", text, flags=re.M)
-    text = re.sub(r"^warmup = \d+", "warmup = 200", text, flags=re.M)
-    text = re.sub(r"^draws = \d+", "draws = 200", text, flags=re.M)
-    text = re.sub(r"^thin = \d+", "thin = 4", text, flags=re.M)
+    for key, value in (("sims", sims), ("iter_warmup", 200), ("iter_sampling", 200),
+                       ("thin_ranks", 4)):  # fmt: skip
+        text, n = re.subn(rf"^{key} = \d+", f"{key} = {value}", text, flags=re.M)
+        assert n == 1, key  # lmm_sbc.toml changed: this helper must follow
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return path

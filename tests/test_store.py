@@ -104,3 +104,20 @@ def test_declarations_are_checked_when_written():
         Diagnostic("rhat", "REAL", ">")
     d = Diagnostic("ess", "REAL", "<", 0.5, "kept draws near-independent", per_kept_draw=True)
     assert Diagnostic.from_dict(d.to_dict()) == d
+
+
+def test_a_group_commit_stores_whole_simulations_or_none(tmp_path):
+    """`add_many`: several simulations in one transaction, replacing earlier failed attempts;
+    if any row cannot be written, none of the group is (each simulation stays whole)."""
+    with Store.open_for_writing(tmp_path, DECLARED) as store:
+        store.add(SimulationResult(sim=1, seed=7, status="failed", error="fit: boom"))
+        store.add_many([_result(0, divergences=0), _result(1, divergences=1), _result(2)])
+        assert store.done() == {0, 1, 2}
+        bad = _result(4)
+        bad.ranks.append(dict(bad.ranks[0]))  # the same quantity twice: the primary key refuses
+        with pytest.raises(sqlite3.IntegrityError):
+            store.add_many([_result(3), bad, _result(5)])
+        assert store.done() == {0, 1, 2}
+        assert store.con.execute("SELECT count(*) FROM ranks").fetchone() == (3,)
+    sims = sbc.load(tmp_path).simulations.set_index("sim")
+    assert sims.loc[1, "status"] == "ok" and pd.isna(sims.loc[1, "error"])

@@ -33,13 +33,13 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "CmdStanBackend.diagnose",
     ),
     "sbc.execution.task": (
+        "run_simulation",
         "call_simulator",
         "rank_rows",
         "derived_truth_and_draws",
     ),
-    "sbc.execution.pools": ("run_simulation",),
     "sbc.execution.run": ("prepare",),
-    "sbc.store": ("Store.add",),
+    "sbc.store": ("Store.add", "Store.add_many"),  # older code: add; now add_many
 }
 
 

@@ -107,3 +107,27 @@ def common_ranks(sub: pd.DataFrame) -> tuple[np.ndarray, int]:
     rng = np.random.default_rng([20220322, ranks.size])
     u = (ranks + rng.uniform(size=ranks.size)) / (Ls + 1)
     return np.minimum((u * (L + 1)).astype(np.int64), L), L
+
+
+def select_var_names(names: Sequence[str], var_names: str | Sequence[str]) -> list[str]:
+    """ArviZ's `var_names` over quantity names: those to keep (a variable name keeps all its
+    components and pooled rows, a CmdStan name one quantity), or all but those written
+    "~name"; a name that matches nothing is an error (ValueError), as in ArviZ."""
+    wanted = [var_names] if isinstance(var_names, str) else list(var_names)
+    drop = [n[1:] for n in wanted if n.startswith("~")]
+    keep = [n for n in wanted if not n.startswith("~")]
+
+    def matches(name: str, pattern: str) -> bool:
+        return name == pattern or name.split("[")[0] == pattern
+
+    missing = [n for n in keep + drop if not any(matches(q, n) for q in names)]
+    if missing:
+        known = sorted({q.split("[")[0] for q in names})
+        raise ValueError(
+            f"var_names: {', '.join(missing)} not ranked (variables: {', '.join(known)})"
+        )
+    return [
+        q
+        for q in names
+        if (not keep or any(matches(q, n) for n in keep)) and not any(matches(q, n) for n in drop)
+    ]

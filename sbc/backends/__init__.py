@@ -3,15 +3,18 @@
 A backend is one module plus an entry point. The class declares, in one place:
 
 * `name` (``[backend] type = ...`` in a study file), its `Options` (a frozen dataclass
-  read from the rest of ``[backend]``) and, for a sampler, its `Sampler` settings (read
-  from ``[sampler]``; `thin` there is generic: it thins draws for the ranks). Values
-  are checked by their declared types where they enter (`sbc.options.parse_options`),
-  and by the dataclass's own ``check(section, where)`` for more;
+  read from the rest of ``[backend]``, or from ``[backend.<name>]``) and, if it reads sbc
+  0.1's ``[sampler]`` table as a table of its own, its `Sampler` settings (the exact
+  backends; the CmdStan ones map ``[sampler]`` onto their `Options` by field metadata
+  instead, see `sbc.options`). ``[sampler] thin`` is generic: `thin_ranks`. Values are
+  checked by their declared types where they enter (`sbc.options.read_options`), and by
+  the dataclass's own ``check(section, where)`` for more;
 * `diagnostics`: what `diagnose` returns, with the rule that flags a fit
   (`sbc.store.Diagnostic`); they become the store's columns, and a key it returns
   without declaring it stops the study (a bug in the backend);
 * `identity()`: what, beside its options, must not change for stored results to be
-  resumed (the CmdStan backend: the hash of the Stan source);
+  resumed (the CmdStan backend: the hash of the Stan source); `settings_identity(spec)`:
+  how its settings enter the study's identity (`BackendBase`: as sbc 0.1 hashed them);
 * `remote_payload()` / `on_host(payload)`: how it gets ready on a dask worker host;
 * `describe()`: what the results manifest and the report say about it.
 
@@ -29,6 +32,7 @@ distributions (sbc's own are declared in its pyproject.toml), e.g.::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -67,7 +71,7 @@ class BackendSpec:
     type: str = "cmdstan"
     options: Any = field(default_factory=NoOptions)  # the backend's `Options`
     sampler: Any = None  # the backend's `Sampler` settings, if it has a [sampler] table
-    table: Mapping[str, Any] = field(default_factory=dict)  # [backend] as written, minus type
+    table: Mapping[str, Any] = field(default_factory=dict)  # its settings as written
 
 
 @runtime_checkable
@@ -91,6 +95,11 @@ class Backend(Protocol):
 
     def variables(self) -> dict[str, int] | None:
         """Variable names the model produces with their number of dimensions, if known."""
+        ...
+
+    def inputs(self) -> dict[str, int] | None:
+        """Data names the model needs with their number of dimensions, if known (optional:
+        the runner checks a simulator's data against it before any fit)."""
         ...
 
     def identity(self) -> dict[str, str]:
@@ -135,10 +144,20 @@ class BackendBase:
     diagnostics: ClassVar[tuple[Diagnostic, ...]] = ()
     needs_stan: ClassVar[bool] = False
 
+    @classmethod
+    def settings_identity(cls, spec: BackendSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(sampler, options) parts of the study's resume identity, as sbc 0.1 hashed them:
+        the `Sampler` settings with their defaults, and the options table as written."""
+        sampler = dataclasses.asdict(spec.sampler) if spec.sampler is not None else {}
+        return sampler, dict(spec.table)
+
     def prepare(self, progress: bool = True) -> None:
         return None
 
     def variables(self) -> dict[str, int] | None:
+        return None
+
+    def inputs(self) -> dict[str, int] | None:
         return None
 
     def identity(self) -> dict[str, str]:

@@ -1,30 +1,39 @@
-"""Run (or resume) a study: `sbc run`. One task per simulation on a pool, each result stored
-as it arrives, in a results folder that one run at a time may write.
+"""Run (or resume) a study: `sbc run`. Simulations run on a pool (in batches when they are
+cheap), results are stored as they arrive (what arrives together in one transaction), in a
+results folder that one run at a time may write.
 
 A results folder remembers what made its results (`identity`): running the same study
-again resumes it; a study whose settings, simulator or model changed is refused.
+again resumes it; a study whose fits would differ (settings, simulator or model) is refused.
+A study that changed only what is ranked (a derived quantity added, other thinning) resumes
+into the version of the ranks made with its settings, re-ranked from kept draws if needed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import shutil
-import sqlite3
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sbc import __version__
 from sbc.errors import SBCError
-from sbc.execution.pools import drain, open_pool
+from sbc.execution.failfast import FailFast
+from sbc.execution.folder import results_lock, store_errors
+from sbc.execution.isolation import process_state_kept
+from sbc.execution.pools import check_scheduler, drain, open_pool
 from sbc.execution.prepare import Prepared, prepare
+from sbc.execution.rerank import (
+    compute_ranks,
+    matching_version,
+    plan_version,
+    rank_identity_hash,
+    version_identity,
+)
 from sbc.execution.task import Task
-from sbc.store import DB_NAME, Store
-from sbc.study import Study, load_study
+from sbc.results import version_info
+from sbc.store import RANK_VERSIONS, Store
+from sbc.study import Study, identity_from_manifest, identity_hash, load_study, split_identity
 
 
 def run(
@@ -35,60 +44,55 @@ def run(
     workers: int | None = None,
     scheduler: str | None = None,
     out: str | Path | None = None,
+    backend: str | None = None,
     retry_failed: bool = False,
     new: bool = False,
     progress: bool = True,
     stop_early: bool = False,
     alpha: float = 0.01,
     look_every: int = 1,
+    tls: dict[str, str | Path | None] | None = None,
 ) -> Path:
-    """Run (or resume) a study; returns its results folder. The Python face of `sbc run`.
+    """Run (or resume) a study; returns its results folder. `sbc.run` (`sbc.api`) wraps it
+    and returns `sbc.Results`; the CLI's `sbc run` calls it.
 
     With `stop_early`, the anytime-valid sequential test of `sbc.analysis.sequential` runs after
     every `look_every` simulations (in simulation-index order) and the study stops at the
     first quantity rejected at family-wise level `alpha`; the decision is recorded in the
     manifest as "stopped_early" (null when the run did not stop) and the store stays
-    resumable."""
+    resumable. The calling process keeps its environment and its loggers' state
+    (`isolation`): only the worker processes are silenced. `backend` runs another inference
+    method on the same datasets (its settings from the file's ``[backend.<name>]``, its
+    results in ``results/<name>-<backend>``). `tls`: certificate files for a tls://
+    scheduler (`tls_ca_file`, `tls_cert`, `tls_key`), overriding the study file's
+    ``[parallel]``."""
     if not isinstance(study, Study):
         study = load_study(study)
     study = study.with_overrides(
-        sims=sims, seed=seed, workers=workers, scheduler=scheduler, out=out
+        sims=sims,
+        seed=seed,
+        workers=workers,
+        scheduler=scheduler,
+        out=out,
+        backend=backend,
+        tls=tls,
     )
-    p = prepare(study, progress=progress)
-    folder = study.results_dir
-    if new:
-        folder = _fresh_folder(folder)
-    Store.check_writable(folder)
-    with _results_lock(folder), _store_errors(folder):
-        store = Store.open_for_writing(folder, p.backend.diagnostics)
-        try:
-            _check_resumable(store, p)
-            _record_manifest(store, p)
-            stop = (alpha, look_every) if stop_early else None
-            return _execute(p, store, folder, retry_failed, progress, stop)
-        finally:
-            store.close()
-
-
-@contextlib.contextmanager
-def _store_errors(folder: Path) -> Iterator[None]:
-    """A store that cannot be written (disk full, I/O error) ends the run in one line."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        raise SBCError(
-            f"cannot write the results ({exc}); every simulation stored so far is complete: "
-            "free space and run again to resume",
-            where=str(folder / DB_NAME),
-        ) from None
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise
-        raise SBCError(
-            f"cannot write the results ({exc.strerror}); every simulation stored so far is "
-            "complete: free space and run again to resume",
-            where=str(folder),
-        ) from None
+    with process_state_kept():
+        p = prepare(study, progress=progress)
+        check_scheduler(study.parallel.scheduler, study.parallel.tls_files())
+        folder = study.results_dir
+        if new:
+            folder = _fresh_folder(folder)
+        Store.check_writable(folder)
+        with results_lock(folder), store_errors(folder):
+            store = Store.open_for_writing(folder, p.backend.diagnostics)
+            try:
+                version = _resume_version(store, p, progress)
+                _record_manifest(store, p, version)
+                stop = (alpha, look_every) if stop_early else None
+                return _execute(p, store, folder, retry_failed, progress, stop, version)
+            finally:
+                store.close()
 
 
 def _fresh_folder(folder: Path) -> Path:
@@ -100,53 +104,46 @@ def _fresh_folder(folder: Path) -> Path:
     return folder.with_name(f"{folder.name}-{n}")
 
 
-@contextlib.contextmanager
-def _results_lock(folder: Path) -> Iterator[None]:
-    """One writer per results folder; a second `sbc run` is refused at once."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SBCError(
-            f"cannot create the results folder: {exc.strerror}", where=str(folder)
-        ) from None
-    with open(folder / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SBCError(
-                "another sbc run is writing these results; wait for it or use --out",
-                where=str(folder),
-            ) from None
-        yield
-
-
 # -- what the results were made from ---------------------------------------------------------------
 
 #: How a change of each part of the identity is named when a resume is refused.
 _CHANGED = {
     "stan_source": "the Stan program",
+    "fits": "the study's settings that change the fits (seed, simulator or its arguments, "
+    "sampler, backend, keep_draws)",
     "study": "the study's settings (seed, simulator, sampler, quantities, backend)",
-    "simulator_source": "the simulator's source file",
+    "simulator_source": "the simulator's code (its source file, or the function and the "
+    "values it reads)",
 }
 
 
 def identity(p: Prepared) -> dict[str, Any]:
-    """What must not change for stored results to stay valid: the study's settings (backend
-    options included), the simulator's source file, and what the backend adds (for CmdStan,
-    the Stan source)."""
+    """What must not change for stored results to stay valid: the study's settings that
+    change the fits (backend options included), the simulator's code, and what the backend
+    adds (for CmdStan, the Stan source). `study` (all settings, ranks too) is the hash sbc
+    0.1 recorded; what changes only the ranks is each rank version's `identity`."""
     return {
         "study": p.study.identity_hash(),
+        "fits": identity_hash(p.study.fit_identity()),
         "simulator_source": p.study.simulator.source_hash(),
         **p.backend.identity(),
     }
 
 
-def _check_resumable(store: Store, p: Prepared) -> None:
-    old = store.manifest().get("identity")
+def _resume_version(store: Store, p: Prepared, progress: bool) -> int:
+    """The version of the ranks this run writes to, after checking that the stored fits are
+    this study's: the version made with its ranking settings, or a new one re-ranked from
+    the kept draws when only those settings changed (a derived quantity added)."""
+    manifest = store.manifest()
+    old = manifest.get("identity")
     if old is None:
-        return
+        return 1
     new = identity(p)
-    for key in [*_CHANGED, *sorted((set(old) | set(new)) - set(_CHANGED))]:
+    old_fits = old.get("fits") or _legacy_fits(manifest)
+    compared = ["fits"] if old_fits is not None else ["study"]
+    old = {**old, "fits": old_fits}
+    rest = sorted((set(old) | set(new)) - {"study", "fits"})
+    for key in [*compared, *rest]:
         if old.get(key) != new.get(key):
             label = _CHANGED.get(key, f"the backend's {key.replace('_', ' ')}")
             raise SBCError(
@@ -154,12 +151,61 @@ def _check_resumable(store: Store, p: Prepared) -> None:
                 f"use --new to start over in a new folder, or --out elsewhere",
                 where=str(store.path.parent),
             )
+    if old_fits is None:  # results whose identity cannot be split: all of it matched
+        return 1
+    ranks = identity_hash(p.study.rank_identity())
+    version = matching_version(store, ranks)
+    return version if version is not None else _rerank_stored(store, p, manifest, progress)
 
 
-def _record_manifest(store: Store, p: Prepared) -> None:
+def _legacy_fits(manifest: dict[str, Any]) -> str | None:
+    """The fits' identity of results written before it was recorded apart (sbc 0.1): rebuilt
+    from the study they describe, if that gives back the hash they recorded."""
+    rebuilt = identity_from_manifest(manifest.get("study") or {})
+    if rebuilt is None or identity_hash(rebuilt) != (manifest.get("identity") or {}).get("study"):
+        return None
+    return identity_hash(split_identity(rebuilt)[0])
+
+
+def _rerank_stored(store: Store, p: Prepared, manifest: dict[str, Any], progress: bool) -> int:
+    """Only what is ranked changed: rank the stored simulations again from their kept draws
+    into a new version (refused, in one line, if they kept none)."""
+    where = str(store.path.parent)
+    if not (manifest.get("study") or {}).get("keep_draws"):
+        raise SBCError(
+            "the ranked quantities or their thinning changed since these results were "
+            "written (the fits did not), and these results kept no draws to re-rank: run "
+            "the study as it was, or use --new to start over in a new folder",
+            where=where,
+        )
+    study = p.study
+    plan = plan_version(
+        manifest,
+        store.rank_versions()[-1],
+        study.quantities.derived,
+        study.thin_ranks,
+        where,
+        include=study.quantities.include,
+        quantities=p.quantities,
+        exact=True,
+    )
+    rows, approximate = compute_ranks(store, plan, study.simulator, manifest, progress, where)
+    version = max(store.rank_versions()) + 1
+    store.add_rank_version(version, rows, plan.info("run", approximate))
+    return version
+
+
+def _record_manifest(store: Store, p: Prepared, version: int) -> None:
     study = p.study
     manifest = store.manifest()
+    versions = dict(manifest.get(RANK_VERSIONS) or {})
+    if "1" not in versions:  # pinned before `study` below describes a later version
+        info = version_info(manifest, 1) if manifest.get("study") else _version_info(p)
+        versions["1"] = {**info, "identity": version_identity(manifest, 1) or
+                         _version_info(p)["identity"]}  # fmt: skip
+        versions["1"].pop("version", None)
     entries: dict[str, Any] = {
+        RANK_VERSIONS: versions,
         "identity": identity(p),
         "study": study.describe(),
         "quantities": p.quantities,
@@ -175,6 +221,20 @@ def _record_manifest(store: Store, p: Prepared) -> None:
     if "started" not in manifest:
         entries["started"] = entries["last_run_started"]
     store.update_manifest(entries)
+
+
+def _version_info(p: Prepared) -> dict[str, Any]:
+    """The description of the ranks a study makes (its version 1 when its store is new)."""
+    study = p.study
+    derived = study.derived_described()
+    return {
+        "identity": rank_identity_hash(study.thin_ranks, study.quantities.include, derived),
+        "thin": study.thin_ranks,
+        "include": list(study.quantities.include),
+        "derived": derived,
+        "quantities": list(p.quantities),
+        "by": "run",
+    }
 
 
 def _now() -> str:
@@ -205,6 +265,7 @@ def _execute(
     retry_failed: bool,
     progress: bool,
     stop: tuple[float, int] | None = None,
+    version: int = 1,
 ) -> Path:
     study = p.study
     done = store.done(include_failed=not retry_failed)
@@ -214,7 +275,7 @@ def _execute(
         from sbc.analysis.sequential import SequentialMonitor
 
         monitor = SequentialMonitor.from_store(
-            store,
+            _VersionOf(store, version),
             p.quantities,
             alpha=stop[0],
             look_every=stop[1],
@@ -226,20 +287,26 @@ def _execute(
     tmp_root = folder / ".tmp"
     shutil.rmtree(tmp_root, ignore_errors=True)  # left by a killed run; we hold the lock
     tmp_root.mkdir()
-    task_of = _task_factory(p, str(tmp_root))
+    task_of = _task_factory(p, str(tmp_root), keep_every=_kept_stride(store, study.thin_ranks))
     bar = _progress_bar(study.sims, len(done & set(range(study.sims))), progress)
+    ok_before = bool(store.done(include_failed=False))
+    fail_fast = FailFast(len(todo), ok_before, where=str(study.path or study.name))
     flagged = next((d for d in p.backend.diagnostics if d.flag_when), None)
     counts = {"failed": 0, **({flagged.name: 0} if flagged else {})}
-    results = _results(task_of, todo, p.workers, study.parallel.scheduler, tmp_root, progress)
+    max_batch = stop[1] if stop is not None else None  # --stop-early looks every stop[1]
+    results = _results(task_of, todo, p.workers, study.parallel, tmp_root, progress, max_batch)
     try:
-        for result in results:
-            store.add(result)
-            counts["failed"] += result.status == "failed"
+        for batch in results:
+            store.add_many(batch, ranks_version=version)  # what arrived together: one commit
+            fail_fast.check(batch)  # the first simulations all failed alike: stop, one line
+            counts["failed"] += sum(r.status == "failed" for r in batch)
             if flagged is not None:
-                counts[flagged.name] += _flags(flagged, result.diagnostics.get(flagged.name))
+                counts[flagged.name] += sum(
+                    _flags(flagged, r.diagnostics.get(flagged.name)) for r in batch
+                )
             bar.set_postfix(counts, refresh=False)
-            bar.update(1)
-            if monitor is not None and monitor.add(result) is not None:
+            bar.update(len(batch))
+            if monitor is not None and any(monitor.add(r) is not None for r in batch):
                 break  # stop early: in-flight fits are killed when `results` is closed
     finally:
         results.close()
@@ -264,7 +331,27 @@ def store_missing(store: Store, sims: int) -> int:
     return sims - len(store.done() & set(range(sims)))
 
 
-def _task_factory(p: Prepared, tmp_root: str):
+class _VersionOf:
+    """A store read as one version of its ranks (what the sequential monitor replays)."""
+
+    def __init__(self, store: Store, version: int):
+        self.store, self.version = store, version
+
+    def ranks(self):
+        return self.store.ranks(self.version)
+
+    def simulations(self):
+        return self.store.simulations()
+
+
+def _kept_stride(store: Store, thin: int) -> int:
+    """Kept draws are every k-th draw, k the thinning of the ranks' version 1, whatever
+    version a run writes: one stride for the whole store, so any re-ranking can use them."""
+    kept = version_info(store.manifest(), 1).get("thin")
+    return int(kept) if kept else thin
+
+
+def _task_factory(p: Prepared, tmp_root: str, keep_every: int):
     study = p.study
 
     def task(sim: int) -> Task:
@@ -273,26 +360,36 @@ def _task_factory(p: Prepared, tmp_root: str):
             master_seed=study.seed,
             simulator=study.simulator,
             backend=p.backend,
-            thin=study.thin,
+            thin=study.thin_ranks,
             quantities=tuple(p.quantities),
             derived=study.quantities.derived,
             keep_draws=study.keep_draws,
             tmp_root=tmp_root,
+            keep_every=keep_every,
         )
 
     return task
 
 
-def _results(task_of, todo: list[int], workers: int, scheduler: str, tmp_root: Path, progress):
+def _results(
+    task_of,
+    todo: list[int],
+    workers: int,
+    parallel: Any,
+    tmp_root: Path,
+    progress: bool,
+    max_batch: int | None = None,
+):
     """Results in completion order, from the study's pool (none is started for no work)."""
     if not todo:
         return
-    pool = open_pool(scheduler, workers, len(todo), tmp_root, progress)
-    yield from drain(pool, task_of, todo, in_flight=2 * pool.workers)
+    tls = parallel.tls_files()
+    pool = open_pool(parallel.scheduler, workers, len(todo), tmp_root, progress, tls=tls)
+    yield from drain(pool, task_of, todo, in_flight=2 * pool.workers, max_batch=max_batch)
 
 
 def _progress_bar(total: int, initial: int, show: bool):
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     return tqdm(
         total=total,

@@ -72,6 +72,17 @@ class ModelStudy:
     info: ModelInfo
     simulator: Any  # a FormulaSimulator, or None when [simulator] names a Python function
 
+    @property
+    def include(self) -> list[str]:
+        """The quantities ranked by default: the simulator's variables in the model's order
+        (beta, sigma, tau, rho, b), not sorted; none for a Python simulator (it names them)."""
+        return self.simulator.variables() if self.simulator is not None else []
+
+    @property
+    def pool(self) -> list[str]:
+        """Pooled by default: every grouping factor's b (declared by the model, not guessed)."""
+        return list(self.info.model.group_variables())
+
 
 def parse_model(raw: Mapping[str, Any], base: Path, where: str) -> ModelStudy:
     """``[model]`` and, if it holds a formula or priors, ``[simulator]`` of one study."""

@@ -17,27 +17,30 @@ from sbc.analysis.verdicts import Calibration
 from sbc.errors import SBCError
 from sbc.reports import html as h
 from sbc.reports import sections as sec
-from sbc.results import Results, load
+from sbc.reports.diagnostics import diagnostics_section
+from sbc.results import StoredResults, as_results
 
 REPORT_NAME = "report.html"
 
 
 def write_report(
-    folder: Path | str | Results,
+    folder: Path | str | StoredResults,
     out: Path | None = None,
     alpha: float = 0.01,
     pool: Sequence[str] | None = None,
+    ranks_version: int | None = None,
 ) -> Path:
-    """Write the study's HTML report (default `<folder>/report.html`) and return its path."""
+    """Write the study's HTML report (default `<folder>/report.html`) and return its path;
+    `ranks_version`: which version of the ranks (default: the newest)."""
     if not 0 < alpha < 1:
         raise SBCError(f"alpha must be between 0 and 1, got {alpha}")
-    results = folder if isinstance(folder, Results) else load(folder)
+    results = as_results(folder, ranks_version)
     path = Path(out) if out is not None else results.folder / REPORT_NAME
     h.write_atomically(path, render(results, alpha, pool))
     return path
 
 
-def render(results: Results, alpha: float = 0.01, pool: Sequence[str] | None = None) -> str:
+def render(results: StoredResults, alpha: float = 0.01, pool: Sequence[str] | None = None) -> str:
     """The whole report as one HTML string."""
     cal = Calibration.from_results(results, alpha=alpha, pool=pool)
     body = [
@@ -47,7 +50,7 @@ def render(results: Results, alpha: float = 0.01, pool: Sequence[str] | None = N
         sec.manifest_section(results),
         sec.verdict_section(cal),
         sec.plot_section(cal),
-        sec.diagnostics_section(results, cal),
+        diagnostics_section(results, cal),
         sec.trace_section(results),
         sec.footer(results),
     ]

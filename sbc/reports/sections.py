@@ -1,11 +1,11 @@
 """The sections of a study's HTML report, each a function of the results and their
 `Calibration`; all statistics come from `sbc.analysis` and all figures from `sbc.plots`.
+The sampler diagnostics and their splits are in `diagnostics.py`.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,28 +16,20 @@ from matplotlib.figure import Figure
 
 from sbc import __version__, plots
 from sbc.analysis.quantities import pooled_name
-from sbc.analysis.verdicts import Calibration, SplitVerdicts
+from sbc.analysis.verdicts import Calibration
 from sbc.reports import html as h
-from sbc.results import Results
+from sbc.results import StoredResults
 
 #: Longer verdict tables keep failing, scalar and pooled rows in view and fold the rest.
 MAX_TABLE_ROWS = 40
-#: Distinct error messages listed for failed simulations.
-TOP_ERRORS = 5
 #: Simulations tried when looking for kept draws to draw a trace plot of.
 TRACE_CANDIDATES = 5
-#: Diagnostics whose flagged fits are tested apart from the rest, when some (not all) are.
-SPLITS = (
-    ("divergences", ("divergences",)),
-    ("ESS per kept draw", ("ess_bulk_min", "ess_tail_min")),
-    ("R-hat", ("rhat_max",)),
-)
 
 
 # -- summary and progress ------------------------------------------------------------------------
 
 
-def summary(results: Results, cal: Calibration) -> str:
+def summary(results: StoredResults, cal: Calibration) -> str:
     """The verdict in one sentence, then what qualifies it."""
     sims = results.simulations
     n_failed = int((sims["status"] == "failed").sum()) if len(sims) else 0
@@ -74,7 +66,7 @@ def _summary_notes(sims: pd.DataFrame, n_failed: int) -> list[str]:
     return notes
 
 
-def progress_notice(results: Results) -> str:
+def progress_notice(results: StoredResults) -> str:
     """Say so when the study is partial: fewer stored than asked for, or the run unfinished."""
     m = results.manifest
     wanted = int(m.get("sims") or 0)
@@ -118,7 +110,7 @@ def _time(stamp: str) -> datetime:
 # -- the study manifest --------------------------------------------------------------------------
 
 
-def manifest_section(results: Results) -> str:
+def manifest_section(results: StoredResults) -> str:
     """What was run, with what, when: enough to reproduce the study."""
     m = results.manifest
     study: dict[str, Any] = m.get("study") or {}
@@ -131,7 +123,9 @@ def manifest_section(results: Results) -> str:
         ("Stan program", _stan_line(study, ident)),
         ("Simulator", f"{h.code(sim.get('function'))} with {h.code(_json(sim.get('args', {})))}"),
         ("Quantities", _quantities_line(m, study)),
-        ("Sampler", h.e(_pairs(study.get("sampler") or {}))),
+        ("Method", h.e(results.method)),
+        ("Settings", h.e(_settings_line(m.get("backend") or {}, study))),
+        ("Ranks", h.e(_ranks_line(results))),
         ("Backend", h.e(_backend_line(m.get("backend") or {}))),
         ("Simulations", h.e(f"{len(results.simulations)} stored of {m.get('sims', '?')}")),
         ("Seed", h.e(str(study.get("seed", "?")))),
@@ -171,11 +165,31 @@ def _quantities_line(m: dict[str, Any], study: dict[str, Any]) -> str:
     return h.e(text)
 
 
+def _settings_line(backend: dict[str, Any], study: dict[str, Any]) -> str:
+    """The method's settings as run (every one, defaults too; thinning for the ranks is on
+    the Ranks line); for results written before backends recorded them, the sampler's."""
+    sampler = {k: v for k, v in (study.get("sampler") or {}).items() if k != "thin"}
+    return _pairs(backend.get("settings") or sampler)
+
+
+def _ranks_line(results: StoredResults) -> str:
+    """Which version of the ranks the report shows, and how that version was made."""
+    info = results.version_info()
+    text = f"version {results.ranks_version} of {len(results.rank_versions)}"
+    made = "re-ranked from kept draws" if info.get("by") == "rerank" else "ranked by the run"
+    text += f" ({made}, thinned by {info.get('thin', '?')}"
+    if info.get("derived"):
+        text += f"; derived: {', '.join(info['derived'])}"
+    approximate = info.get("moments_from_kept_draws") or []
+    if approximate:
+        text += f"; mean and sd of {', '.join(approximate)} from the kept draws only"
+    return text + ")"
+
+
 def _backend_line(backend: dict[str, Any]) -> str:
-    rest = {k: v for k, v in backend.items() if k not in ("type", "cmdstan_version")}
+    skip = ("type", "cmdstan_version", "method", "settings")
+    rest = {k: v for k, v in backend.items() if k not in skip}
     text = str(backend.get("type", "?"))
-    if backend.get("cmdstan_version"):
-        text += f", CmdStan {backend['cmdstan_version']}"
     return text + (f" ({_pairs(rest)})" if rest else "")
 
 
@@ -208,7 +222,7 @@ def verdict_section(cal: Calibration) -> str:
     v = cal.table
     if v.empty:
         return ""
-    shown, folded = _fold_rows(v, ~v["calibrated"].astype(bool), v["kind"])
+    shown, folded = fold_rows(v, ~v["calibrated"].astype(bool), v["kind"])
     n_tests = int(v["p_value"].notna().sum())
     parts = [
         "<h2>Verdicts</h2>",
@@ -217,17 +231,20 @@ def verdict_section(cal: Calibration) -> str:
         _how_to_read(),
     ]
     if len(folded):
-        parts.append(_folded(len(folded), _verdict_table(folded)))
+        parts.append(folded(len(folded), _verdict_table(folded)))
     return "\n".join(parts)
 
 
-def _fold_rows(
-    table: pd.DataFrame, failing: pd.Series, kind: pd.Series | None = None
+def fold_rows(
+    table: pd.DataFrame,
+    failing: pd.Series,
+    kind: pd.Series | None = None,
+    limit: int = MAX_TABLE_ROWS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows to show and rows to fold away: a long table keeps every failing and pooled row
     in view, then scalars, then the first groups of each group-level variable (as the plots
-    do), up to MAX_TABLE_ROWS; both parts keep the table's order."""
-    if len(table) <= MAX_TABLE_ROWS:
+    do), up to `limit`; both parts keep the table's order."""
+    if len(table) <= limit:
         return table, table.iloc[0:0]
     kinds = np.asarray(kind) if kind is not None else np.full(len(table), "scalar")
     keep = np.asarray(failing, dtype=bool) | (kinds == "pooled")
@@ -235,13 +252,13 @@ def _fold_rows(
     group = table["quantity"].map(pooled_name)
     priority = np.where(kinds == "member", 1 + group.groupby(group).cumcount().to_numpy(), 0)
     order = np.lexsort((np.arange(len(table)), priority))
-    room = MAX_TABLE_ROWS - int(keep.sum())
+    room = limit - int(keep.sum())
     if room > 0:
         keep[order[~keep[order]][:room]] = True
     return table[keep], table[~keep]
 
 
-def _folded(n: int, table_html: str) -> str:
+def folded(n: int, table_html: str) -> str:
     return (
         f"<details><summary>The other {n} quantities (all calibrated)</summary>"
         f"{table_html}</details>"
@@ -370,194 +387,6 @@ def plot_section(cal: Calibration) -> str:
     return "\n".join(parts)
 
 
-# -- sampler diagnostics and failures ------------------------------------------------------------
-
-
-def diagnostics_section(results: Results, cal: Calibration) -> str:
-    sims = results.simulations
-    if sims.empty:
-        return "<h2>Diagnostics</h2>\n<p>No simulation is stored yet.</p>"
-    parts = ["<h2>Diagnostics</h2>", _diagnostics_table(cal), _failures(sims)]
-    if not cal.table.empty:
-        parts += [_split_section(cal, label, columns) for label, columns in SPLITS]
-    return "\n".join(p for p in parts if p)
-
-
-def _diagnostics_table(cal: Calibration) -> str:
-    rows, classes = [], []
-    why = {r.column: r.why for r in cal.rules}
-    for r in cal.diagnostics.itertuples(index=False):
-        known = int(r.known)
-        share = h.pct(r.share) if known else "not reported"
-        flagged = str(r.flagged) if known else "—"
-        source = why.get(r.diagnostic, "")
-        rows.append(
-            [
-                h.e(r.diagnostic),
-                f"<code>{h.e(r.rule)}</code>",
-                flagged,
-                f"{known} of {r.total}",
-                share,
-                h.e(source),
-            ]
-        )
-        classes.append("warnrow" if r.flagged else "")
-    intro = (
-        "How many fits each rule flags, over successful fits where the backend reports the "
-        "value (failures over all simulations). Ranks are uniform under calibration only if "
-        "the L kept draws are close to independent, so the effective sample size is judged "
-        "per kept draw (ESS / L ≥ 0.5, as R's SBC package does) and the R-hat limit is the "
-        "one that ESS implies. Nothing is filtered: every successful fit is in the verdicts "
-        "above; the splits below test the flagged fits apart from the rest, which shows "
-        "whether the flags matter for calibration."
-    )
-    d = cal.diagnostics.set_index("diagnostic")
-    short = [c for c in ("ess_bulk_min", "ess_tail_min") if c in d.index and d.at[c, "known"]]
-    worst = max((float(d.at[c, "share"]) for c in short), default=0.0)
-    if worst > 0.25:
-        intro += (
-            f" {worst:.0%} of fits keep draws that are far from independent (ESS / L < 0.5): "
-            "their ranks are uniform only approximately. The split by ESS per kept draw below "
-            "says whether that shows at this number of simulations; if it does, sample longer "
-            "or thin more (benchmarks/budget.py measures the trade-off)."
-        )
-    header = ["diagnostic", "rule", "flagged", "known", "share", "why"]
-    return f'<p class="explain">{h.e(intro)}</p>' + h.table(
-        header, rows, {2, 3, 4}, classes, css="compact"
-    )
-
-
-def _failures(sims: pd.DataFrame) -> str:
-    failed = sims[sims["status"] == "failed"]
-    if failed.empty:
-        return "<p>No simulation failed.</p>"
-    counts = Counter("(no message)" if h.missing(e) or not e else str(e) for e in failed["error"])
-    top = counts.most_common(TOP_ERRORS)
-    rows = [[f"<code>{h.e(msg)}</code>", str(n)] for msg, n in top]
-    rest = len(failed) - sum(n for _, n in top)
-    if rest:
-        rows.append([h.e(f"{len(counts) - len(top)} other messages"), str(rest)])
-    text = (
-        f"{len(failed)} of {len(sims)} simulations failed; they have no ranks and are not "
-        "in the verdicts. If failures depend on the simulated data, the remaining ranks "
-        "can look miscalibrated (or calibrated) for that reason alone."
-    )
-    return f"<h3>Failed simulations</h3><p>{h.e(text)}</p>" + h.table(
-        ["error (most common first)", "count"], rows, {1}, css="compact"
-    )
-
-
-_SPLIT_COLUMNS = (("n", "num"), ("p (Holm)", "num"), ("verdict", ""), ("90 % cov.", "num"))
-
-
-def _split_section(cal: Calibration, label: str, columns: tuple[str, ...]) -> str:
-    """Verdicts of fits a rule flags vs the rest, side by side, when it flags some but not
-    all of them."""
-    present = [c for c in columns if c in cal.simulations]
-    if not present:
-        return ""
-    flags = cal.flags()[present]
-    any_flag = flags.fillna(False).astype(bool).any(axis=1)
-    ok = (cal.simulations["status"] == "ok").to_numpy()
-    n_flagged = int(any_flag[ok].sum())
-    if n_flagged == 0 or n_flagged == int(ok.sum()):
-        if label == "divergences" and n_flagged == 0:
-            return "<p>No fit had divergent transitions, so there is no split by them.</p>"
-        return ""
-
-    def flagged(sims: pd.DataFrame) -> pd.Series:
-        known = flags.notna().any(axis=1)
-        return any_flag.where(known, np.nan).reindex(sims.index)
-
-    flagged.__name__ = " or ".join(
-        r.describe(cal.kept_draws.median(), cal.chains) for r in cal.rules if r.column in present
-    )
-    sv = cal.split(flagged)
-    unknown = f"; {sv.n_unknown} fits do not report it and are in neither" if sv.n_unknown else ""
-    text = (
-        f"Fits flagged by {label} ({sv.rule}: {sv.n_flagged}) and the others ({sv.n_clean}), "
-        f"tested separately, each side with its own Holm family{unknown}. The split depends "
-        "only on each fit's data and sampler run, never on the truth, so under a correct "
-        "posterior both sides are calibrated: a quantity that fails only among flagged fits "
-        "says those fits are wrong. This is extra evidence, not a filter. With few fits on "
-        "one side, its tests have little power."
-    )
-    records = sv.table.to_dict("records")
-    failing = pd.Series([_split_fails(r) for r in records], index=sv.table.index, dtype=bool)
-    kind = sv.table["quantity"].map(
-        dict(zip(cal.table["quantity"], cal.table["kind"], strict=True))
-    )
-    parts = [
-        f"<h3>Split by {h.e(label)}</h3>",
-        f"<p>{h.e(text)}</p>",
-        f"<p><strong>{h.e(_split_result(sv))}</strong></p>",
-    ]
-    if not failing.any():  # nothing to see: the table stays one click away
-        table = _split_table(sv.table, sv.n_flagged, sv.n_clean)
-        parts.append(
-            f"<details><summary>Both sides, quantity by quantity</summary>{table}</details>"
-        )
-        return "\n".join(parts)
-    shown, folded = _fold_rows(sv.table, failing, kind)
-    parts.append(_split_table(shown, sv.n_flagged, sv.n_clean))
-    if len(folded):
-        parts.append(_folded(len(folded), _split_table(folded, sv.n_flagged, sv.n_clean)))
-    return "\n".join(parts)
-
-
-def _split_result(sv: SplitVerdicts) -> str:
-    """The split in one sentence: how many quantities fail on each side."""
-    sides = []
-    for label, v in (("the flagged fits", sv.flagged), ("the others", sv.clean)):
-        bad = (~v["calibrated"].astype(bool)).sum() if len(v) else 0
-        sides.append(f"{bad} of {len(v)} quantities fail among {label}")
-    return "; ".join(sides) + "."
-
-
-def _split_table(table: pd.DataFrame, n_flagged: int, n_clean: int) -> str:
-    rows, classes = [], []
-    for r in table.to_dict("records"):
-        cells = [f"<code>{h.e(r['quantity'])}</code>"]
-        cells += _split_cells(r, "flagged") + _split_cells(r, "clean")
-        rows.append(cells)
-        classes.append("failrow" if _split_fails(r) else "")
-    head = _split_head(n_flagged, n_clean)
-    return h.table([], rows, {1, 2, 4, 5, 6, 8}, classes, head_html=head, css="split")
-
-
-def _split_head(n_flagged: int, n_clean: int) -> str:
-    """Two header rows: the side (with/without divergences) over its four columns."""
-    sub = "".join(f'<th class="{c}">{h.e(label)}</th>' for label, c in _SPLIT_COLUMNS)
-    return (
-        '<thead><tr><th rowspan="2">quantity</th>'
-        f'<th colspan="4" class="side">flagged ({n_flagged} fits)</th>'
-        f'<th colspan="4" class="side">not flagged ({n_clean} fits)</th></tr>'
-        f"<tr>{sub}{sub}</tr></thead>"
-    )
-
-
-def _split_fails(r: dict[str, Any]) -> bool:
-    return _fails(r.get("calibrated_flagged")) or _fails(r.get("calibrated_clean"))
-
-
-def _fails(calibrated: Any) -> bool:
-    """A split side's verdict is a failure (not a pass, and not missing for want of fits)."""
-    return not h.missing(calibrated) and not bool(calibrated)
-
-
-def _split_cells(r: dict[str, Any], side: str) -> list[str]:
-    calibrated = r.get(f"calibrated_{side}")
-    if h.missing(calibrated):
-        return ["0", "—", "no fits", "—"]
-    verdict = (
-        '<span class="pass">✓</span>'
-        if calibrated
-        else f'<span class="fail">✗ {h.e(r[f"shape_{side}"])}</span>'
-    )
-    n = r[f"n_{side}"]
-    return [str(int(n)), h.p_value(r[f"p_holm_{side}"]), verdict, h.pct(r[f"coverage90_{side}"])]
-
-
 def _n_divergent(sims: pd.DataFrame) -> int:
     if sims.empty or "divergences" not in sims:
         return 0
@@ -568,7 +397,7 @@ def _n_divergent(sims: pd.DataFrame) -> int:
 # -- trace plot ----------------------------------------------------------------------------------
 
 
-def trace_section(results: Results) -> str:
+def trace_section(results: StoredResults) -> str:
     """Trace plot of the first fit with kept draws, when the study keeps draws."""
     sims = results.simulations
     ok = sims[sims["status"] == "ok"] if len(sims) else sims
@@ -591,7 +420,7 @@ def trace_section(results: Results) -> str:
 # -- footer, page, writing -----------------------------------------------------------------------
 
 
-def footer(results: Results) -> str:
+def footer(results: StoredResults) -> str:
     now = datetime.now(UTC).isoformat(timespec="seconds")
     return (
         f"<footer>Generated {h.e(now)} by sbc {h.e(__version__)} from "

@@ -9,16 +9,18 @@ from pathlib import Path
 import cmdstanpy
 import numpy as np
 import pytest
-from conftest import STUDIES
+from conftest import ROOT, STUDIES
 
-from sbc.backends.cmdstan import sample
+from sbc.backends.cmdstan import program
+from sbc.backends.cmdstan.sample import CmdStanBackend
 from sbc.backends.convergence import ebfmi
 from sbc.execution.prepare import make_backend
-from sbc.seeds import simulation_seeds
+from sbc.seeds import inits_rng, simulation_seeds
 from sbc.simulate import call_simulator
-from sbc.study import load_study
+from sbc.simulators.normal import simulate as simulate_normal
+from sbc.study import load_study, parse_study
 
-pytestmark = pytest.mark.stan
+NORMAL_STAN = ROOT / "stan" / "normal_known_sigma.stan"
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +38,13 @@ def _fit(study, backend, sim: int, workdir: Path):
     return backend.fit(data, seed, workdir)
 
 
+@pytest.mark.stan
 def test_diagnostics_agree_with_the_sampler_columns(lmm, tmp_path, monkeypatch):
     study, backend = lmm
     calls = []
     info = cmdstanpy.CmdStanModel.exe_info
     monkeypatch.setattr(cmdstanpy.CmdStanModel, "exe_info", lambda m: calls.append(1) or info(m))
-    sample._MODELS.clear()  # a fresh worker process
+    program._MODELS.clear()  # a fresh worker process
     fits = [_fit(study, backend, sim, tmp_path / str(sim)) for sim in (0, 1)]
     assert len(calls) == 1  # sample() asks every time; the executable is asked once
 
@@ -63,3 +66,72 @@ def test_diagnostics_agree_with_the_sampler_columns(lmm, tmp_path, monkeypatch):
         assert d["warmup_seconds"] == pytest.approx(sum(float(m[1]) for m in elapsed))
         assert d["sampling_seconds"] == pytest.approx(sum(float(m[2]) for m in elapsed))
         assert d["rhat_max"] >= 1 and d["ess_tail_min"] > 0 and d["ess_bulk_min"] > 0
+
+
+# -- cmdstanpy's sample() arguments, under cmdstanpy's names (issue 14) -------------------------
+
+
+def _nuts(tmp_path: Path, **backend) -> CmdStanBackend:
+    raw = {
+        "name": "n", "stan": str(NORMAL_STAN), "thin_ranks": 1,
+        "backend": {"type": "cmdstan", **backend},
+        "simulator": {"function": "sbc.simulators.normal:simulate"},
+    }  # fmt: skip
+    return make_backend(parse_study(raw, tmp_path / "n.toml"), cores=2)
+
+
+def test_every_setting_reaches_cmdstanpy_under_its_own_name(tmp_path):
+    backend = _nuts(tmp_path, chains=3, iter_warmup=100, iter_sampling=60, thin=2,
+                    adapt_delta=0.95, max_treedepth=8, step_size=0.3, metric="dense_e",
+                    adapt_init_phase=20, adapt_metric_window=30, adapt_step_size=40,
+                    inits=0.5, refresh=7, sig_figs=9, timeout=0)  # fmt: skip
+    _, data = simulate_normal(np.random.default_rng(0))
+    args = backend.arguments(data, 123, tmp_path)
+    assert args == {
+        "data": str(tmp_path / "data.json"), "chains": 3, "parallel_chains": 2, "seed": 123,
+        "iter_warmup": 100, "iter_sampling": 60, "max_treedepth": 8, "adapt_engaged": True,
+        "adapt_delta": 0.95, "thin": 2, "step_size": 0.3, "metric": "dense_e",
+        "adapt_init_phase": 20, "adapt_metric_window": 30, "adapt_step_size": 40,
+        "inits": 0.5, "refresh": 7, "sig_figs": 9, "output_dir": str(tmp_path),
+        "show_progress": False, "show_console": False, "timeout": None,
+    }  # fmt: skip
+    plain = _nuts(tmp_path).arguments(data, 1, tmp_path)
+    assert "metric" not in plain and "inits" not in plain  # unset: CmdStan's own default
+    fixed = _nuts(tmp_path, iter_warmup=0, adapt_engaged=False, step_size=0.1)
+    assert "adapt_delta" not in fixed.arguments(data, 1, tmp_path)  # cmdstanpy refuses it
+
+
+@pytest.mark.stan
+def test_cmdstan_runs_with_them(cmdstan, tmp_path):
+    backend = _nuts(tmp_path, chains=2, iter_warmup=100, iter_sampling=60, thin=2,
+                    metric="dense_e", adapt_init_phase=20, adapt_metric_window=30,
+                    adapt_step_size=40, step_size=0.3, sig_figs=9)  # fmt: skip
+    backend.prepare(progress=False)
+    _, data = simulate_normal(np.random.default_rng(0))
+    fit = backend.fit(data, 5, tmp_path)
+    config = fit.metadata.cmdstan_config
+    assert (config["thin"], config["metric"], config["stepsize"], config["sig_figs"]) == (
+        2, "dense_e", 0.3, 9)  # fmt: skip
+    assert (config["init_buffer"], config["window"], config["term_buffer"]) == (20, 30, 40)
+    assert backend.draws(fit)["mu"].shape == (2, 30, 3)  # CmdStan kept every 2nd of 60
+    assert backend.diagnose(fit)["n_draws"] == 60
+
+
+@pytest.mark.stan
+def test_an_inits_function_starts_each_chain_where_it_says(cmdstan, tmp_path):
+    (tmp_path / "inits.py").write_text(
+        "def inits(rng, data):\n    return {'mu': 10 + rng.normal(size=data['K'])}\n"
+    )
+    # no warm-up and a tiny step: the first draw is (within 1e-6) where the chain started
+    backend = _nuts(tmp_path, chains=2, iter_warmup=0, iter_sampling=1, adapt_engaged=False,
+                    step_size=1e-9, inits="inits.py:inits")  # fmt: skip
+    backend.prepare(progress=False)
+    _, data = simulate_normal(np.random.default_rng(0))
+    starts = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        starts.append(backend.draws(backend.fit(data, 5, tmp_path / run))["mu"][:, 0])
+    rng = inits_rng(5)
+    expected = np.array([10 + rng.normal(size=3) for _ in range(2)])
+    assert np.allclose(starts[0], expected, atol=1e-4)  # chain c got the c-th call
+    assert np.array_equal(starts[0], starts[1])  # the same fit seed, the same inits

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, exact_study
+from conftest import ROOT, exact_study, stop_processes
 
 import sbc
 import sbc.execution.pools.dask as sbc_dask
@@ -47,7 +47,7 @@ def _alive(pid: int) -> bool:
 
 def test_missing_dask_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import fails as if not installed
-    with pytest.raises(SBCError, match=r"--scheduler needs dask: pip install 'sbc\[dask\]'"):
+    with pytest.raises(SBCError, match=r"--scheduler needs dask: pip install 'stan-sbc\[dask\]'"):
         sbc_dask.DaskPool("local:2", 2)
 
 
@@ -65,7 +65,7 @@ def test_worker_host_without_cmdstan_records_a_failed_simulation(tmp_path, monke
     """A host that cannot build the model fails that simulation with one line, not the pool."""
     from sbc.backends.cmdstan import install
     from sbc.backends.cmdstan.sample import CmdStanBackend
-    from sbc.execution.task import Task, run_simulation
+    from sbc.execution.task import Batch, Task, run_batch
 
     monkeypatch.setattr(install, "find_cmdstan", lambda: None)
     monkeypatch.setenv("SBC_CACHE", str(tmp_path / "cache"))
@@ -82,7 +82,7 @@ def test_worker_host_without_cmdstan_records_a_failed_simulation(tmp_path, monke
         derived={}, keep_draws=False, tmp_root=str(tmp_path / "elsewhere" / "tmp"),
     )  # fmt: skip
     shipment = remote.Shipment("m.stan", b"parameters { real mu; }", "2.27.0")
-    result = sbc_dask._on_worker(run_simulation, task, shipment)
+    [result] = sbc_dask._on_worker(run_batch, Batch(task, (4,)), shipment)
     assert result.status == "failed" and result.sim == 4
     assert result.seed == simulation_seeds(9, 4)[1]
     assert "no CmdStan here: run `sbc setup` on every worker host" in result.error
@@ -123,12 +123,7 @@ def dask_cluster(tmp_path):
             client.wait_for_workers(2, timeout=60)
             yield client.scheduler.address
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def test_an_existing_cluster_gives_the_same_ranks_as_the_local_pool(tmp_path, dask_cluster):
@@ -226,9 +221,9 @@ def lmm_study(tmp_path: Path, name: str, sims: int = 6) -> Path:
     text = (ROOT / "studies" / "lmm_sbc.toml").read_text()
     for old, new in (
         ("sims = 200", f"sims = {sims}"),
-        ("warmup = 250", "warmup = 150"),
-        ("draws = 500", "draws = 150"),
-        ("thin = 10", "thin = 5"),
+        ("iter_warmup = 250", "iter_warmup = 150"),
+        ("iter_sampling = 500", "iter_sampling = 150"),
+        ("thin_ranks = 10", "thin_ranks = 5"),
         ('stan = "../stan/', f'stan = "{ROOT}/stan/'),
     ):
         assert old in text, old
@@ -304,7 +299,7 @@ def test_a_worker_host_finds_the_model_by_source_hash(tmp_path, monkeypatch, cmd
     """On another host (other paths) the model comes from ~/.cache/sbc/models/<hash>/."""
     from sbc.backends.cmdstan.install import cmdstan_version, model_cache_dir
     from sbc.backends.cmdstan.sample import CmdStanBackend
-    from sbc.execution.task import Task
+    from sbc.execution.task import Batch, Task
 
     here = CmdStanBackend(stan_file=ROOT / "stan" / "lmm_centered.stan")
     here.prepare(progress=False)  # compiled, or found in the cache
@@ -325,7 +320,8 @@ def test_a_worker_host_finds_the_model_by_source_hash(tmp_path, monkeypatch, cmd
     )  # fmt: skip
     source = (ROOT / "stan" / "lmm_centered.stan").read_bytes()
     shipment = remote.Shipment("lmm_centered.stan", source, cmdstan_version(cmdstan))
-    local = sbc_dask._on_worker(lambda t: t, task, shipment)  # the task as the worker runs it
+    batch = sbc_dask._on_worker(lambda b: b, Batch(task, (0,)), shipment)
+    local = batch.template  # the task as the worker runs it
     assert Path(local.backend.exe_file) == cached / "lmm_centered"
     assert Path(local.backend.stan_file).read_bytes() == source
     assert local.tmp_root == str(tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pandas as pd
 import pytest
 from conftest import exact_study
@@ -40,11 +42,15 @@ def test_same_ranks_with_one_or_two_workers_and_after_resume(tmp_path):
 def test_changed_study_is_refused_unless_new(tmp_path):
     path = exact_study(tmp_path, "changed", sims=5)
     sbc.run(path, progress=False)
-    path.write_text(path.read_text().replace("thin = 2", "thin = 5"))
-    with pytest.raises(SBCError, match="changed since these results were written"):
+    original = path.read_text()
+    path.write_text(original.replace("draws = 50", "draws = 60"))  # other fits
+    with pytest.raises(SBCError, match=r"settings that change the fits .* changed since"):
+        sbc.run(path, progress=False)
+    path.write_text(original.replace("thin = 2", "thin = 4"))  # other ranks, no draws kept
+    with pytest.raises(SBCError, match=r"thinning changed since .* kept no draws to re-rank"):
         sbc.run(path, progress=False)
     fresh = sbc.run(path, new=True, progress=False)
-    assert fresh.name == "changed-2" and len(sbc.load(fresh).simulations) == 5
+    assert fresh.folder.name == "changed-2" and len(sbc.load(fresh).simulations) == 5
 
 
 def test_failing_simulations_are_recorded_and_retried(tmp_path):
@@ -115,3 +121,47 @@ def test_stop_early_runs_a_calibrated_study_to_the_end(tmp_path):
     res = sbc.load(sbc.run(exact_study(tmp_path, "fine", sims=60), stop_early=True,
                            progress=False))  # fmt: skip
     assert len(res.simulations) == 60 and res.manifest["stopped_early"] is None
+
+
+def test_cheap_simulations_go_in_batches_with_the_same_results(tmp_path, monkeypatch):
+    """The exact backend's fits take well under BATCH_SECONDS: `drain` sends many simulations
+    per task (far fewer tasks than simulations, each simulation once), and a study gives the
+    ranks it gives with one simulation per task."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import sbc.execution.pools as pools
+    from sbc.execution.prepare import prepare
+    from sbc.execution.run import _task_factory
+    from sbc.study import load_study
+
+    batched = sbc.run(exact_study(tmp_path, "batched", sims=300), workers=2, progress=False)
+    monkeypatch.setattr(pools, "MAX_BATCH", 1)
+    single = sbc.run(exact_study(tmp_path, "single", sims=300), workers=2, progress=False)
+    pd.testing.assert_frame_equal(_ranks(batched), _ranks(single))
+    monkeypatch.undo()
+
+    class Threads:  # a pool of threads in this process, to see the batches
+        workers = 2
+        sizes: ClassVar[list[int]] = []
+
+        def executor(self):
+            pool = ThreadPoolExecutor(2)
+            submit = pool.submit
+
+            def counted(fn, batch):
+                self.sizes.append(len(batch.sims))
+                return submit(fn, batch)
+
+            pool.submit = counted
+            return pool
+
+        def shutdown(self, executor, kill):
+            executor.shutdown(wait=True)
+
+    p = prepare(load_study(exact_study(tmp_path, "threads", sims=1000)), progress=False)
+    task_of = _task_factory(p, str(tmp_path), keep_every=1)
+    groups = list(pools.drain(Threads(), task_of, list(range(1000)), in_flight=4))
+    sims = [r.sim for group in groups for r in group]
+    assert sorted(sims) == list(range(1000))
+    assert Threads.sizes[:4] == [1, 1, 1, 1]  # until a simulation has been timed
+    assert len(Threads.sizes) < 200 and max(Threads.sizes) <= pools.MAX_BATCH

@@ -28,9 +28,9 @@ def small(tmp_path: Path, name: str, sims: int = 4) -> Path:
     """A shipped formula study with few simulations and a short sampler."""
     text = (STUDIES / f"{name}.toml").read_text()
     text = re.sub(r"^sims = \d+", f"sims = {sims}", text, flags=re.M)
-    text = re.sub(r"^warmup = \d+", "warmup = 150", text, flags=re.M)
-    text = re.sub(r"^draws = \d+", "draws = 150", text, flags=re.M)
-    text = re.sub(r"^thin = \d+", "thin = 3", text, flags=re.M)
+    text = re.sub(r"^iter_warmup = \d+", "iter_warmup = 150", text, flags=re.M)
+    text = re.sub(r"^iter_sampling = \d+", "iter_sampling = 150", text, flags=re.M)
+    text = re.sub(r"^thin_ranks = \d+", "thin_ranks = 3", text, flags=re.M)
     text = text.replace(f'name = "{name}"', f'name = "{name}"\nout = "{tmp_path / "out"}"')
     path = tmp_path / f"{name}.toml"
     path.write_text(text)

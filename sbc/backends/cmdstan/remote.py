@@ -4,7 +4,7 @@ The submitting host ships the Stan source with each task (`Shipment`). A worker 
 has the executable and CmdStan at the submitted paths (the same host, or a shared home
 folder) uses them; any other finds its own CmdStan, and the model by source hash in its
 `~/.cache/sbc/models/<hash>/`, compiling it there once if missing (under the same file
-lock as `CmdStanBackend.prepare`: concurrent workers on one host wait for one compile).
+lock as `StanProgram.prepare`: concurrent workers on one host wait for one compile).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from sbc.backends.cmdstan import install
 from sbc.errors import SBCError
 
-CmdStanBackend = Any  # sbc.backends.cmdstan.sample.CmdStanBackend, which imports this module
+StanProgram = Any  # sbc.backends.cmdstan.program.StanProgram, which imports this module
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Shipment:
         return hashlib.sha256(self.stan_source).hexdigest()[:16]
 
 
-def shipment(backend: CmdStanBackend) -> Shipment:
+def shipment(backend: StanProgram) -> Shipment:
     stan_file = Path(backend.stan_file)
     return Shipment(
         stan_name=stan_file.name,
@@ -44,11 +44,11 @@ def shipment(backend: CmdStanBackend) -> Shipment:
     )
 
 
-_LOCAL: dict[tuple[str, str], CmdStanBackend] = {}
+_LOCAL: dict[tuple[str, str], StanProgram] = {}
 _LOCAL_LOCK = threading.Lock()
 
 
-def for_this_host(backend: CmdStanBackend, shipment: Shipment) -> CmdStanBackend:
+def for_this_host(backend: StanProgram, shipment: Shipment) -> StanProgram:
     """`backend` if its paths work here, else one prepared here (once per worker process)."""
     if _usable_here(backend):
         return backend
@@ -59,14 +59,14 @@ def for_this_host(backend: CmdStanBackend, shipment: Shipment) -> CmdStanBackend
         return _LOCAL[key]
 
 
-def _usable_here(backend: CmdStanBackend) -> bool:
+def _usable_here(backend: StanProgram) -> bool:
     exe, cmdstan = backend.exe_file, backend.cmdstan
     return (
         exe is not None and Path(exe).is_file() and cmdstan is not None and Path(cmdstan).is_dir()
     )
 
 
-def prepare_here(backend: CmdStanBackend, shipment: Shipment) -> CmdStanBackend:
+def prepare_here(backend: StanProgram, shipment: Shipment) -> StanProgram:
     """Find CmdStan on this host and the model by source hash; compile it once if missing."""
     cmdstan = install.find_cmdstan()
     if cmdstan is None:

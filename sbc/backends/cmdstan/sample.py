@@ -1,35 +1,31 @@
 """CmdStan's NUTS sampler through cmdstanpy: compile once per study, sample once per simulation.
 
-The executable is cached by the hash of the Stan source and the CmdStan version and folder
-(`~/.cache/sbc/models/<hash>/`), so a second study of the same program, and every worker
-process, reuses it. Workers get the executable's path and never compile; a dask worker on
-another host gets the Stan source and builds the model there once (`remote.py`).
+The program's part (compiling and caching it, its variables, identity, remote hosts, initial
+values) is `program.StanProgram`'s; this module adds NUTS's settings and what one fit gives.
+Settings are cmdstanpy's `sample()` arguments under cmdstanpy's names, in ``[backend]``;
+sbc 0.1's ``[sampler]`` table (`SampleSettings`) still works, its names mapped onto them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
-import functools
-import hashlib
-import os
-import re
-import shutil
-import signal
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sbc.backends import BackendBase, BackendSpec
+from sbc.backends import BackendSpec
+from sbc.backends.cmdstan.program import StanProgram, cmdstan_failure, initial_values
 from sbc.errors import SBCError
 from sbc.store import Diagnostic
 
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """NUTS settings (``[sampler]`` in a study file), named as in cmdstanpy's `sample`."""
+    """sbc 0.1's ``[sampler]`` table: what the exact backends read, and the names NUTS's
+    `NutsSettings` still accept there (``warmup`` = iter_warmup, ``draws`` = iter_sampling;
+    its ``thin`` is `thin_ranks`, read by the study)."""
 
     chains: int = field(default=2, metadata={"min": 1})
     warmup: int = field(default=500, metadata={"min": 0})
@@ -39,12 +35,68 @@ class SampleSettings:
     timeout: float = 600.0  # seconds per fit; the fit is killed and recorded failed. 0: none
 
     def check(self, section: str, where: str) -> None:
-        if not 0 < self.adapt_delta < 1:
+        _check_common(self, section, where)
+
+
+def _check_common(s: Any, section: str, where: str) -> None:
+    if not 0 < s.adapt_delta < 1:
+        raise SBCError(f"[{section}] adapt_delta: must be in (0, 1), got {s.adapt_delta}", where)
+    if s.timeout < 0:
+        raise SBCError(f"[{section}] timeout: must be >= 0 seconds, got {s.timeout}", where)
+
+
+def _v01(name: str, **meta: Any) -> dict[str, Any]:
+    """Metadata of a setting sbc 0.1 had: its [sampler] name (the identity hashes it there)."""
+    return {"sampler": name, **meta}
+
+
+@dataclass(frozen=True)
+class NutsSettings:
+    """``[backend] type = "cmdstan"``: the arguments of cmdstanpy's `CmdStanModel.sample` that
+    make sense per fit, under cmdstanpy's names and with CmdStan's defaults (None: CmdStan's
+    own default, not passed). `thin` is CmdStan's thinning of the draws it writes; ranks are
+    thinned by the study's `thin_ranks`. The seed is set per fit from the study's seed."""
+
+    chains: int = field(default=2, metadata=_v01("chains", min=1))
+    iter_warmup: int = field(default=500, metadata=_v01("warmup", min=0, aliases=("warmup",)))
+    iter_sampling: int = field(default=500, metadata=_v01("draws", min=1, aliases=("draws",)))
+    thin: int = field(default=1, metadata={"min": 1})
+    adapt_delta: float = field(default=0.8, metadata=_v01("adapt_delta"))
+    max_treedepth: int = field(default=10, metadata=_v01("max_treedepth", min=1))
+    step_size: float | None = field(default=None, metadata={"min": 0.0})
+    metric: str | None = field(default=None, metadata={"choices": ("diag_e", "dense_e", "unit_e")})
+    adapt_engaged: bool = True
+    adapt_init_phase: int | None = field(default=None, metadata={"min": 0})
+    adapt_metric_window: int | None = field(default=None, metadata={"min": 0})
+    adapt_step_size: int | None = field(default=None, metadata={"min": 0})
+    # a number x: each unconstrained parameter starts uniform in (-x, x) (CmdStan: 2); or
+    # "module:function" / "file.py:function", called as inits(rng, data) once per chain
+    inits: float | str | None = field(default=None, metadata={"min": 0.0, "callable": True})
+    refresh: int | None = field(default=None, metadata={"min": 1})
+    sig_figs: int | None = field(default=None, metadata={"min": 1})
+    timeout: float = field(default=600.0, metadata=_v01("timeout"))  # s per fit; 0: none
+
+    def check(self, section: str, where: str) -> None:
+        _check_common(self, section, where)
+        if self.step_size is not None and self.step_size <= 0:
+            raise SBCError(f"[{section}] step_size: must be > 0, got {self.step_size}", where)
+        if self.sig_figs is not None and self.sig_figs > 18:
+            raise SBCError(f"[{section}] sig_figs: must be 1 to 18, got {self.sig_figs}", where)
+        if self.adapt_engaged and self.iter_warmup == 0:
             raise SBCError(
-                f"[{section}] adapt_delta: must be in (0, 1), got {self.adapt_delta}", where
+                f"[{section}] iter_warmup: 0 needs adapt_engaged = false (NUTS adapts during "
+                "warm-up)",
+                where,
             )
-        if self.timeout < 0:
-            raise SBCError(f"[{section}] timeout: must be >= 0 seconds, got {self.timeout}", where)
+        windows = ("adapt_init_phase", "adapt_metric_window", "adapt_step_size")
+        for name in windows if not self.adapt_engaged else ():
+            if getattr(self, name) is not None:
+                raise SBCError(f"[{section}] {name}: needs adapt_engaged = true", where)
+
+    def draws_per_chain(self) -> tuple[int, str]:
+        """Draws a chain yields for the ranks, and how to name them in a message."""
+        n = math.ceil(self.iter_sampling / self.thin)
+        return n, "iter_sampling" if self.thin == 1 else "iter_sampling / thin"
 
 
 #: What `diagnose` reports per fit, with the rules of `sbc.analysis.diagnostics`, which has
@@ -72,134 +124,76 @@ DIAGNOSTICS = (
 )  # fmt: skip
 
 
-def quiet_cmdstanpy() -> None:
-    """cmdstanpy logs every chain start and stop; a study shows its own progress instead."""
-    from cmdstanpy.utils import get_logger
-
-    get_logger().disabled = True
-
-
 @dataclass
-class CmdStanBackend(BackendBase):
+class CmdStanBackend(StanProgram):
     """``[backend] type = "cmdstan"`` (the default): NUTS on a Stan program."""
 
-    stan_file: Path
-    settings: SampleSettings = SampleSettings()
+    settings: NutsSettings = NutsSettings()
     parallel_chains: int = 1
-    exe_file: Path | None = None
-    cmdstan: Path | None = None
-    _variables: dict[str, int] | None = field(default=None, repr=False)
     name = "cmdstan"
-    Sampler = SampleSettings
+    method = "NUTS (CmdStan's sample)"
+    Options = NutsSettings
     diagnostics = DIAGNOSTICS
-    needs_stan = True
 
     @classmethod
     def create(cls, spec: BackendSpec, stan: Path | None, cores: int) -> CmdStanBackend:
-        settings = spec.sampler or SampleSettings()
+        settings = spec.options if isinstance(spec.options, NutsSettings) else NutsSettings()
         assert stan is not None  # the study checks `needs_stan`
         # chains run in parallel on the cores a fit has, one after the other beyond that
-        return cls(stan, settings, parallel_chains=max(1, min(settings.chains, cores)))
-
-    # -- once per study, in the main process ---------------------------------------------------
-    def prepare(self, progress: bool = True) -> None:
-        from sbc.backends.cmdstan.install import cmdstan_version, ensure_cmdstan, model_cache_dir
-
-        quiet_cmdstanpy()
-        self.cmdstan = ensure_cmdstan(progress=progress)
-        source = Path(self.stan_file).read_bytes()
-        # the executable links CmdStan's TBB by path: a different CmdStan is a different model
-        toolchain = f"{cmdstan_version(self.cmdstan)}\0{self.cmdstan}".encode()
-        digest = hashlib.sha256(source + b"\0" + toolchain).hexdigest()[:16]
-        folder = model_cache_dir() / digest
-        folder.mkdir(parents=True, exist_ok=True)
-        exe = folder / Path(self.stan_file).stem
-        with open(folder / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one compile per host, however many processes ask
-            if not exe.is_file():
-                self._compile(exe, progress)
-            self._variables = _read_variables(Path(self.stan_file), exe)
-        self.exe_file = exe
-
-    def _compile(self, exe: Path, progress: bool) -> None:
-        import sys
-
-        import cmdstanpy
-
-        staging = exe.parent / f".build-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        stan_copy = staging / Path(self.stan_file).name
-        shutil.copyfile(self.stan_file, stan_copy)
-        if progress:
-            print(f"sbc: compiling {self.stan_file} (once; cached by source hash)", file=sys.stderr)
-        try:
-            model = cmdstanpy.CmdStanModel(stan_file=stan_copy)
-            os.replace(model.exe_file, exe)  # atomic: a half-written executable is never used
-        except (ValueError, RuntimeError) as exc:
-            raise SBCError(_stanc_message(str(exc)), where=str(self.stan_file)) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-    def variables(self) -> dict[str, int] | None:
-        return self._variables
-
-    def identity(self) -> dict[str, str]:
-        return {"stan_source": hashlib.sha256(Path(self.stan_file).read_bytes()).hexdigest()}
-
-    def describe(self) -> dict[str, Any]:
-        from sbc.backends.cmdstan.install import cmdstan_version
-
-        return {
-            "type": self.name,
-            "stan_file": str(self.stan_file),
-            "exe_file": str(self.exe_file),
-            "cmdstan": str(self.cmdstan),
-            "cmdstan_version": cmdstan_version(self.cmdstan) if self.cmdstan else None,
-        }
-
-    # -- on a dask worker host ------------------------------------------------------------------
-    def remote_payload(self) -> Any:
-        from sbc.backends.cmdstan.remote import shipment
-
-        return shipment(self) if self.exe_file is not None else None
-
-    def on_host(self, payload: Any) -> CmdStanBackend:
-        from sbc.backends.cmdstan.remote import for_this_host
-
-        return for_this_host(self, payload) if payload is not None else self
-
-    def with_paths(self, stan_file: Path) -> CmdStanBackend:
-        """This backend for another copy of its Stan program, not yet prepared."""
-        return dataclasses.replace(self, stan_file=stan_file, exe_file=None, cmdstan=None)
+        return cls(
+            stan_file=stan,
+            settings=settings,
+            parallel_chains=max(1, min(settings.chains, cores)),
+        )
 
     # -- once per simulation, in a worker ---------------------------------------------------------
     def fit(self, data: dict[str, Any], seed: int, workdir: Path) -> Any:
-        import cmdstanpy
+        return self.sample(workdir, self.arguments(data, seed, workdir))
 
+    def arguments(self, data: dict[str, Any], seed: int, workdir: Path) -> dict[str, Any]:
+        """cmdstanpy's `sample()` arguments of one fit. A fit is continued by sampling again
+        with these, changed: ``step_size`` and ``metric`` (inv_metric) of the first fit,
+        ``adapt_engaged=False``, ``iter_warmup=0`` and ``inits`` from its last draws."""
         s = self.settings
-        model = _model(str(self.exe_file), str(self.cmdstan))
-        data_file = workdir / "data.json"
-        cmdstanpy.write_stan_json(str(data_file), data)
+        data_file = self.write_data(data, workdir)
+        given = {
+            "adapt_delta": s.adapt_delta if s.adapt_engaged else None,  # cmdstanpy refuses both
+            "thin": s.thin,
+            "step_size": s.step_size,
+            "metric": s.metric,
+            "adapt_init_phase": s.adapt_init_phase,
+            "adapt_metric_window": s.adapt_metric_window,
+            "adapt_step_size": s.adapt_step_size,
+            "inits": initial_values(s.inits, seed, data, s.chains),
+            "refresh": s.refresh,
+            "sig_figs": s.sig_figs,
+        }
+        return {
+            "data": str(data_file),
+            "chains": s.chains,
+            "parallel_chains": self.parallel_chains,
+            "seed": seed,
+            "iter_warmup": s.iter_warmup,
+            "iter_sampling": s.iter_sampling,
+            "max_treedepth": s.max_treedepth,
+            "adapt_engaged": s.adapt_engaged,
+            **{k: v for k, v in given.items() if v is not None},
+            "output_dir": str(workdir),
+            "show_progress": False,
+            "show_console": False,
+            "timeout": s.timeout or None,
+        }
+
+    def sample(self, workdir: Path, arguments: dict[str, Any]) -> Any:
+        """One run of CmdStan's sampler; a failure is one line (the runner records it)."""
         try:
-            return model.sample(
-                data=str(data_file),
-                chains=s.chains,
-                parallel_chains=self.parallel_chains,
-                seed=seed,
-                iter_warmup=s.warmup,
-                iter_sampling=s.draws,
-                adapt_delta=s.adapt_delta,
-                max_treedepth=s.max_treedepth,
-                output_dir=str(workdir),
-                show_progress=False,
-                show_console=False,
-                timeout=s.timeout or None,
-            )
+            return self.model().sample(**arguments)
         except TimeoutError:
-            raise RuntimeError(f"fit exceeded the timeout of {s.timeout:g} s; killed") from None
+            raise RuntimeError(
+                f"fit exceeded the timeout of {self.settings.timeout:g} s; killed"
+            ) from None
         except RuntimeError as exc:
-            raise RuntimeError(_cmdstan_failure(str(exc))) from None
+            raise RuntimeError(cmdstan_failure(str(exc))) from None
 
     def draws(self, fit: Any) -> dict[str, np.ndarray]:
         chains = fit.chains
@@ -236,106 +230,3 @@ class CmdStanBackend(BackendBase):
         diag["warmup_seconds"] = sum(t.get("warmup", 0.0) for t in fit.time)
         diag["sampling_seconds"] = sum(t.get("sampling", 0.0) for t in fit.time)
         return diag
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-
-_MODELS: dict[tuple[str, str], Any] = {}
-
-
-def _model(exe_file: str, cmdstan: str) -> Any:
-    """One model per worker process (wrapping an existing executable: no compile)."""
-    key = (exe_file, cmdstan)
-    if key not in _MODELS:
-        import cmdstanpy
-
-        quiet_cmdstanpy()
-        cmdstanpy.set_cmdstan_path(cmdstan)
-        _MODELS[key] = _model_with_fixed_info(cmdstanpy.CmdStanModel)(exe_file=exe_file)
-    return _MODELS[key]
-
-
-@functools.cache
-def _model_with_fixed_info(base: type) -> type:
-    """`CmdStanModel` whose public `exe_info()` runs the executable once, not once per fit.
-
-    cmdstanpy's `sample()` calls `exe_info()`, which starts a process (`<exe> info`) every
-    time: 4 ms of a 2 s fit (benchmarks/README.md, "Per-fit Python costs"), for an answer
-    that cannot change while the executable does not. Overriding the public method in a
-    subclass keeps that saving without touching cmdstanpy's internals; if a later cmdstanpy
-    stops calling it, nothing breaks.
-    """
-
-    class Model(base):  # type: ignore[misc,valid-type]
-        _info: dict[str, str] | None = None
-
-        def exe_info(self) -> dict[str, str]:
-            if self._info is None:
-                self._info = super().exe_info()
-            return dict(self._info)
-
-    return Model
-
-
-def _read_variables(stan_file: Path, exe: Path) -> dict[str, int]:
-    """Names and dimensions of parameters and generated quantities (from `stanc --info`)."""
-    import json
-
-    cache = exe.parent / "variables.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    import cmdstanpy
-
-    # the executable is named after the program (folder/<stem>), as cmdstanpy requires
-    info = cmdstanpy.CmdStanModel(stan_file=stan_file, exe_file=exe).src_info()
-    out = {
-        name: int(v["dimensions"])
-        for block in ("parameters", "transformed parameters", "generated quantities")
-        for name, v in info.get(block, {}).items()
-    }
-    tmp = cache.with_suffix(f".{os.getpid()}")
-    tmp.write_text(json.dumps(out))
-    os.replace(tmp, cache)
-    return out
-
-
-def _stanc_message(text: str) -> str:
-    """The useful line of a stanc failure (syntax or semantic error and its position)."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        if re.search(r"(Syntax|Semantic) error", line):
-            pos = re.search(r"line (\d+), column (\d+)", line)
-            detail = next(
-                (
-                    ln
-                    for ln in lines[i + 1 :]
-                    if not re.match(r"^(\d+:|\||-+|\^)", ln) and "---" not in ln
-                ),
-                "",
-            )
-            kind = "syntax error" if "Syntax" in line else "semantic error"
-            where = f" at line {pos.group(1)}, column {pos.group(2)}" if pos else ""
-            return f"Stan {kind}{where}: {detail}".rstrip(": ")
-    return "Stan program failed to compile: " + (lines[-1] if lines else "no message")
-
-
-def _cmdstan_failure(text: str) -> str:
-    """One line out of cmdstanpy's multi-line sampling error.
-
-    A chain killed by a signal is named by its signal: its console may still hold an earlier,
-    harmless "Exception:" line (a rejected proposal) that did not end it."""
-    codes = re.search(r"retcodes=\[([-\d, ]*)\]", text)
-    # -1 is also cmdstanpy's "not run" placeholder: only other negative codes are signals
-    signals = [-int(c) for c in codes.group(1).split(",") if int(c) < -1] if codes else []
-    if signals:
-        try:
-            name = signal.Signals(signals[0]).name
-        except ValueError:
-            name = f"signal {signals[0]}"
-        return f"CmdStan was killed by {name} (return code {-signals[0]})"
-    for pattern in (r"Rejecting initial value.*", r"Error.*", r"Exception: .*"):
-        m = re.search(pattern, text)
-        if m and not m.group(0).startswith("Error during sampling"):
-            return "CmdStan: " + m.group(0).strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return "CmdStan failed: " + (lines[1] if len(lines) > 1 else text.strip())

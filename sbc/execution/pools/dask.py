@@ -3,14 +3,14 @@
 `DaskPool` is the runner's pool for any scheduler other than "local" (see
 `sbc.execution.pools.open_pool`): "local:N" starts a `LocalCluster` of N one-thread
 worker processes on this machine (for dask's dashboard), "tcp://..." or "tls://..."
-connects to an existing cluster. dask is an optional extra (`pip install 'sbc[dask]'`).
+connects to an existing cluster. dask is an optional extra (`pip install 'stan-sbc[dask]'`).
 
 What stays as with the default pool:
 
-* Results come back to the runner's process, which alone writes the store, one
-  transaction per simulation: a worker never touches it, so no partial row exists.
-* A task is a `Task` (sim index, study seed, backend...): its seeds come from
-  (study seed, sim) alone, never from the worker that runs it.
+* Results come back to the runner's process, which alone writes the store, each
+  simulation all or nothing: a worker never touches it, so no partial row exists.
+* A task is a `Batch` of simulations (one for real fits; more when fits cost nothing):
+  each simulation's seeds come from (study seed, sim) alone, never from the worker.
 * A fit whose worker dies is retried, then recorded as failed, by the runner's rule
   (`sbc.execution.pools.drain`, `MAX_ATTEMPTS`). With "local:N" sbc starts the scheduler with
   `allowed-failures = 0` and `worker-saturation = 1.0`, so dask reports the death at
@@ -31,18 +31,18 @@ the processes it left behind (CmdStan) and removes its scratch folder.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sbc.errors import SBCError, one_line
-from sbc.execution.task import Task, failed_result
+from sbc.execution.task import Batch, failed_result
 
 try:  # the plugin's base class; this module must import without dask (see DaskPool)
     from distributed import WorkerPlugin as _WorkerPluginBase
@@ -56,25 +56,36 @@ LOCAL_SCHEDULER_CONFIG = {
     "distributed.scheduler.allowed-failures": 0,
     "distributed.scheduler.worker-saturation": 1.0,
 }
-_NEEDS_DASK = "--scheduler needs dask: pip install 'sbc[dask]'"
+_NEEDS_DASK = "--scheduler needs dask: pip install 'stan-sbc[dask]'"
 
 
 class DaskPool:
     """The runner's pool interface (`workers`, `executor()`, `shutdown()`) over dask."""
 
-    def __init__(self, scheduler: str, workers: int = 0, progress: bool = True):
-        try:
-            import dask  # noqa: F401
-            import distributed  # noqa: F401
-        except ImportError:
-            raise SBCError(_NEEDS_DASK) from None
+    def __init__(
+        self,
+        scheduler: str,
+        workers: int = 0,
+        progress: bool = True,
+        tls: Mapping[str, Path] | None = None,
+    ):
+        self.check_installed()
         self.scheduler = scheduler
+        self.security = security(scheduler, tls or {})
         self.cluster: Any = None
         self.client: Any = None
         self._connect()
         self.workers = self._slots()  # for "local:N": N
         if progress:  # --quiet: nothing on stderr but errors
             print(f"sbc: dask dashboard at {self.client.dashboard_link}", file=sys.stderr)
+
+    @staticmethod
+    def check_installed() -> None:
+        try:
+            import dask  # noqa: F401
+            import distributed  # noqa: F401
+        except ImportError:
+            raise SBCError(_NEEDS_DASK) from None
 
     # -- the pool interface ------------------------------------------------------------------------
     def executor(self) -> _DaskExecutor:
@@ -106,10 +117,14 @@ class DaskPool:
             self.client = Client(self.cluster)
         else:
             try:
-                self.client = Client(self.scheduler, timeout=CONNECT_TIMEOUT)
+                self.client = Client(
+                    self.scheduler, timeout=CONNECT_TIMEOUT, security=self.security
+                )
             except (OSError, TimeoutError):
+                tls = " over TLS (or it refused our certificate)" if self.security else ""
                 raise SBCError(
-                    f"no dask scheduler answered within {CONNECT_TIMEOUT} s", where=self.scheduler
+                    f"no dask scheduler answered{tls} within {CONNECT_TIMEOUT} s",
+                    where=self.scheduler,
                 ) from None
             except Exception as exc:  # something else listens there (garbage handshake)
                 raise SBCError(
@@ -127,10 +142,10 @@ class DaskPool:
         """Every worker present must be able to import this very sbc."""
         from importlib.metadata import PackageNotFoundError, version
 
-        from sbc import __version__
+        from sbc import DISTRIBUTION, __version__
 
         try:
-            found = self.client.run(version, "sbc")
+            found = self.client.run(version, DISTRIBUTION)
         except PackageNotFoundError:
             raise SBCError(
                 "a dask worker cannot import sbc: install this package on every worker host",
@@ -159,6 +174,45 @@ class DaskPool:
                 cluster.close()
 
 
+def security(scheduler: str, files: Mapping[str, Path]) -> Any:
+    """dask's `Security` for a tls:// scheduler: the files given (study file or command
+    line), else dask's own config (`distributed.comm.tls.ca-file`, `.client.cert`,
+    `.client.key`); None for other schedulers. Refuses certificates with tcp://, where
+    they would silently not be used, and a tls:// address with no certificates at all."""
+    from distributed import Security
+
+    if not scheduler.startswith("tls://"):
+        if files and scheduler.startswith("tcp://"):
+            raise SBCError(
+                "TLS certificates are given but the scheduler address is tcp:// (unencrypted): "
+                "use its tls:// address",
+                where=scheduler,
+            )
+        return None
+    try:
+        sec = Security(require_encryption=True, **{k: str(v) for k, v in files.items()})
+        missing = [k for k in ("tls_ca_file", "tls_client_cert") if not getattr(sec, k)]
+        if missing:
+            raise SBCError(
+                f"a tls:// scheduler needs {' and '.join(missing)}: [parallel] tls_ca_file, "
+                "tls_cert, tls_key in the study file, --tls-ca-file, --tls-cert, --tls-key, or "
+                "dask's config distributed.comm.tls.*",
+                where=scheduler,
+            )
+        for name in ("tls_ca_file", "tls_client_cert", "tls_client_key"):
+            path = getattr(sec, name)
+            if path and "\n" not in path and not Path(path).is_file():  # from dask's config
+                raise SBCError(f"{name}: file not found: {path}", where=scheduler)
+        sec.get_connection_args("client")  # reads the files: bad PEM fails here, in one line
+    except SBCError:
+        raise
+    except Exception as exc:  # ssl.SSLError, ValueError: not a certificate or key
+        raise SBCError(
+            f"cannot use the TLS certificates: {one_line(exc)}", where=scheduler
+        ) from None
+    return sec
+
+
 class _DaskExecutor:
     """`client.get_executor(pure=False)` (concurrent.futures futures), running `_on_worker`.
 
@@ -171,7 +225,7 @@ class _DaskExecutor:
         self._inner = client.get_executor(pure=False)
         self._payloads: dict[int, Any] = {}  # id(backend) -> what it ships
 
-    def submit(self, fn, task):
+    def submit(self, fn, batch: Batch):
         """Submit; while the client reconnects to a lost scheduler, wait for it, or stop."""
         deadline = time.monotonic() + CONNECT_TIMEOUT + 1
         while self._client.status == "connecting" and time.monotonic() < deadline:
@@ -179,7 +233,8 @@ class _DaskExecutor:
         if self._client.status != "running":
             raise _scheduler_lost(self._address)
         try:
-            return self._inner.submit(_on_worker, fn, task, self._payload(task.backend))
+            payload = self._payload(batch.template.backend)
+            return self._inner.submit(_on_worker, fn, batch, payload)
         except Exception:
             if self._client.status == "running":
                 raise
@@ -208,19 +263,19 @@ def _scheduler_lost(address: str) -> SBCError:
 # -- on the worker -------------------------------------------------------------------------------
 
 
-def _on_worker(fn, task: Task, payload: Any):
-    """Run `fn(task)` (`run_simulation`) with this host's scratch folder and backend.
+def _on_worker(fn, batch: Batch, payload: Any):
+    """Run `fn(batch)` (`run_batch`) with this host's scratch folder and backend.
 
-    Like `run_simulation` it never raises: a worker host that cannot run the model
-    (for CmdStan: none here, another version, a compile error) gives a failed result.
+    Like `run_batch` it never raises: a worker host that cannot run the model (for
+    CmdStan: none here, another version, a compile error) gives failed results.
     """
     try:
-        task = dataclasses.replace(
-            task, tmp_root=str(_scratch()), backend=task.backend.on_host(payload)
-        )
+        backend = batch.template.backend.on_host(payload)
+        batch = batch.with_template(tmp_root=str(_scratch()), backend=backend)
     except Exception as exc:
-        return failed_result(task, f"worker host {socket.gethostname()}: {one_line(exc)}")
-    return fn(task)
+        reason = f"worker host {socket.gethostname()}: {one_line(exc)}"
+        return [failed_result(task, reason) for task in batch.tasks()]
+    return fn(batch)
 
 
 # -- worker processes: scratch folder, process group, a watchdog for CmdStan orphans ----------
