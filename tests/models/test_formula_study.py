@@ -58,7 +58,8 @@ def test_a_formula_study_runs_checks_and_keeps_its_program(cmdstan, tmp_path):
                           capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert proc.returncode in (0, 1), proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split()[:2] == ["quantity", "label"]
+    assert lines[0].startswith("draws from cmdstan: NUTS"), lines[0]
+    assert lines[1].split()[:2] == ["quantity", "label"]
     assert any(re.match(r"\s*b_group\[\*,2\]\s+x \| group \(pooled\)", row) for row in lines)
     assert any(re.match(r"\s*tau_group\[1\]\s+sd\(Intercept \| group\)", row) for row in lines)
 
