@@ -70,6 +70,7 @@ def _per_scalar(draws: dict, names: list[str]) -> np.ndarray:
     return np.moveaxis(np.concatenate(parts, axis=2), 2, 0)
 
 
+@pytest.mark.slow  # two fits of 4 x 2000 iterations: about 2 minutes on a loaded machine
 def test_the_seeds_example_through_the_formula_matches_the_hand_written_program(cmdstan, tmp_path):
     """lmm_recovery.toml and lmm_formula_recovery.toml simulate the same dataset (bit for bit);
     fitted by lmm_centered.stan and by the generated program (different NUTS seeds), every
