@@ -195,7 +195,7 @@ def recover(args: argparse.Namespace) -> None:
     import cmdstanpy
     from scipy.stats import norm
 
-    from sbc.backends.cmdstan.sample import quiet_cmdstanpy
+    from sbc.backends.cmdstan.program import quiet_cmdstanpy
     from sbc.seeds import simulation_seeds
     from sbc.simulate import call_simulator
 
