@@ -4,6 +4,7 @@
     python benchmarks/formula_models.py report   [--out DIR]
     python benchmarks/formula_models.py timing   [--datasets 30]
     python benchmarks/formula_models.py recover  [--draws 5000] [--recover-datasets 5]
+    python benchmarks/formula_models.py verify   [--out DIR]   (stored results vs this code)
 
 Parts (``--only``):
 
@@ -291,6 +292,34 @@ def timing(args: argparse.Namespace) -> None:
           f"centred slower on {(ratio > 1).mean():.0%}")  # fmt: skip
 
 
+def verify(args: argparse.Namespace) -> None:
+    """Stored results against the current code: the same program text and, simulation by
+    simulation, bit-identical truths (so figures from an earlier commit still stand)."""
+    from sbc.ranks import expand
+    from sbc.seeds import simulation_seeds
+    from sbc.simulate import call_simulator
+
+    for part in args.only:
+        for name, study in studies(part):
+            folder = args.out / name
+            if not (folder / "sbc.sqlite").is_file():
+                continue
+            r = sbc.load(folder).ranks
+            program = "-"
+            if study.model is not None:
+                same_text = (folder / "model.stan").read_text() == study.model.program
+                program = "identical" if same_text else "DIFFERENT"
+            same = 0
+            for sim, rows in r.groupby("sim"):
+                truth, _ = call_simulator(study.simulator, simulation_seeds(study.seed, sim)[0])
+                flat = {q: v for k, t in truth.items() for q, v in expand(k, t).items()}
+                rows = rows[rows["quantity"].isin(list(flat))]
+                same += int((rows["truth"].to_numpy() == rows["quantity"].map(flat)).sum())
+            known = int(r["quantity"].map(lambda q: q != "loglik").sum())
+            print(f"verify {name}: {r['sim'].nunique()} simulations; program {program}; "
+                  f"{same} of {known} stored truths identical to this code's")  # fmt: skip
+
+
 def _seed_name_or_none(q: str) -> str | None:
     base = q.partition("[")[0]
     return _seed_name(q) if base in SEED_NAMES and base != "loglik" else None
@@ -298,7 +327,7 @@ def _seed_name_or_none(q: str) -> str | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["run", "report", "timing", "recover"])
+    p.add_argument("what", choices=["run", "report", "timing", "recover", "verify"])
     p.add_argument("--sims", type=int, default=200)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "formula_models")
     p.add_argument("--only", type=lambda s: s.split(","), default=["seed", "crossed", "missing"])
@@ -308,7 +337,8 @@ def main() -> None:
     p.add_argument("--datasets", type=int, default=30, help="timing: datasets")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
-    {"run": run, "report": report, "timing": timing, "recover": recover}[args.what](args)
+    commands = {"run": run, "report": report, "timing": timing, "recover": recover}
+    {**commands, "verify": verify}[args.what](args)
 
 
 if __name__ == "__main__":
