@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from sbc.backends.convergence import ess_bulk
 from sbc.execution.prepare import make_backend
 from sbc.seeds import simulation_seeds
 from sbc.simulate import call_simulator
-from sbc.study import load_study
+from sbc.study import load_study, parse_study
 
 pytestmark = pytest.mark.stan
 
@@ -97,3 +98,28 @@ def test_the_seeds_example_through_the_formula_matches_the_hand_written_program(
     mcse = [d.std(axis=(1, 2)) / np.sqrt(ess_bulk(d)) for d in (hand, formula)]
     z = (hand.mean(axis=(1, 2)) - formula.mean(axis=(1, 2))) / np.hypot(*mcse)
     assert np.max(np.abs(z)) < norm.isf(0.001 / 2 / len(z)), z
+
+
+def test_on_one_nuts_seed_the_generated_program_draws_what_the_hand_written_one_draws(
+    cmdstan, tmp_path
+):
+    """The generated centred program is the seed's program in other names: the same
+    parameters in the same order and the same arithmetic, so on the same dataset and the same
+    NUTS seed CmdStan draws the very same numbers (short chains: this is about identity, not
+    about the posterior; the slow test above compares posteriors with different seeds)."""
+    names = (["beta", "sigma", "tau", "rho", "b"],
+             ["beta", "sigma", "tau_group", "rho_group", "b_group"])  # fmt: skip
+    scalars = []
+    for file, vars_ in zip(("lmm_recovery.toml", "lmm_formula_recovery.toml"), names, strict=True):
+        raw = tomllib.loads((STUDIES / file).read_text())
+        raw["backend"].update(chains=2, iter_warmup=150, iter_sampling=150)
+        study = parse_study(raw, STUDIES / file)
+        data = call_simulator(study.simulator, simulation_seeds(study.seed, 3)[0])[1]
+        backend = make_backend(study, cores=1)
+        backend.prepare(progress=False)
+        workdir = tmp_path / file
+        workdir.mkdir()
+        scalars.append(_per_scalar(backend.draws(backend.fit(data, 7, workdir)), vars_))
+    hand, formula = scalars
+    assert hand.shape == formula.shape == (26, 2, 150)
+    np.testing.assert_array_equal(hand, formula)
