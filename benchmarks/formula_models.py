@@ -193,18 +193,19 @@ def _table(df: pd.DataFrame, header: bool = True) -> str:
 
 
 def recover(args: argparse.Namespace) -> None:
-    import cmdstanpy
     from scipy.stats import norm
 
-    from sbc.backends.cmdstan.program import quiet_cmdstanpy
+    from sbc.backends.cmdstan.program import cmdstanpy_model, compile_program
     from sbc.seeds import simulation_seeds
     from sbc.simulate import call_simulator
 
-    quiet_cmdstanpy()
     hand = load_study(STUDIES / "lmm_recovery.toml")
     formula = load_study(STUDIES / "lmm_formula_recovery.toml")
-    models = {"hand": cmdstanpy.CmdStanModel(stan_file=hand.stan),
-              "formula": cmdstanpy.CmdStanModel(stan_file=formula.stan)}  # fmt: skip
+    models = {}
+    for label, study in (("hand", hand), ("formula", formula)):
+        # sbc's compile cache, not cmdstanpy's (which builds beside the .stan file)
+        cmdstan, exe, _ = compile_program(Path(study.stan), progress=False)
+        models[label] = cmdstanpy_model(str(exe), str(cmdstan))
     zs, worst = [], None
     for sim in range(args.recover_datasets):
         _, data_a = call_simulator(hand.simulator, simulation_seeds(hand.seed, sim)[0])
