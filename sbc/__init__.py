@@ -30,6 +30,7 @@ _PUBLIC = {
     "SBCError": "sbc.errors",
     "register_backend": "sbc.backends",
     "check": "sbc.checks",
+    "precheck": "sbc.precheck",
     "compare": "sbc.checks",
     "report": "sbc.reports:write_report",
     "plan_power": "sbc.analysis.power:plan",

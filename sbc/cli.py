@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--look-every", type=_positive_int, default=1, metavar="K",
                    help="--stop-early tests after every K sims (default 1)")  # fmt: skip
 
+    p = sub.add_parser("precheck", help="no MCMC: do simulator and program agree? exit 0 yes, 1 no")
+    p.add_argument("study", type=Path, help="study file (TOML)")
+    p.add_argument("--sims", type=_positive_int, default=1000,
+                   help="simulated truths (default 1000)")  # fmt: skip
+    p.add_argument("--seed", type=_seed, help="override the study's seed")
+    p.add_argument("--alpha", type=_probability, default=0.01, help="test level (default 0.01)")
+    p.add_argument("--workers", type=_positive_int, help="CmdStan processes at a time")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+
     p = sub.add_parser("plan", help="simulations an SBC question needs: fixed-size vs sequential")
     _add_plan_arguments(p)
 
@@ -314,6 +323,19 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _precheck(args: argparse.Namespace) -> int:
+    from sbc.precheck import precheck
+
+    result = precheck(args.study, sims=args.sims, seed=args.seed, alpha=args.alpha,
+                      workers=args.workers, progress=not args.quiet)  # fmt: skip
+    table = result.table.copy()
+    table["consistent"] = table["consistent"].map({True: "", False: "FAILS"})
+    print(_table(table.rename(columns={"consistent": ""})))
+    print()
+    print(f"{result.headline()} [{result.seconds:.1f} s]")
+    return 0 if result.consistent else 1
+
+
 def _plan(args: argparse.Namespace) -> int:
     """`sbc plan`: print the table, write the plot."""
     from sbc.analysis.power import format_plan, plan
@@ -435,6 +457,7 @@ _COMMANDS = {
     "setup": _setup,
     "recover": _recover,
     "run": _run,
+    "precheck": _precheck,
     "plan": _plan,
     "rerank": _rerank,
     "report": _report,

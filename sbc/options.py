@@ -230,3 +230,12 @@ def check_callable_spec(value: Any, key: str, where: str, base: Path) -> str:
             raise SBCError(f"{key}: file not found: {file}", where=where)
         return f"{file}:{func}"
     return spec
+
+
+def check_file(path: Path, key: str, where: str, suffix: str) -> Path:
+    """An existing file with the given suffix (a Stan program), made absolute."""
+    if path.suffix != suffix:
+        raise SBCError(f"{key}: expected a {suffix} file, got {str(path)!r}", where=where)
+    if not path.is_file():
+        raise SBCError(f"{key}: file not found: {path}", where=where)
+    return path.resolve()

@@ -32,6 +32,7 @@ from sbc.options import (
     Written,
     check_bool,
     check_callable_spec,
+    check_file,
     check_int,
     check_names,
     check_str,
@@ -42,13 +43,12 @@ from sbc.options import (
     read_options,
 )
 from sbc.simulate import (
-    CallableSimulator,
     FunctionSpec,
-    PythonSimulator,
     Simulator,
     UserFunction,
     describe_function,
 )
+from sbc.simulator_table import parse_simulator, parse_stan_quantities
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,14 @@ class Quantities:
     derived: dict[str, FunctionSpec] = field(default_factory=dict)  # "module:function" or object
     pool: tuple[str, ...] = ()  # variables pooled over their first index (group effects)
     trace: tuple[str, ...] = ()  # variables `sbc recover` plots; default: include's, else all
+    stan: tuple[str, ...] = ()  # the model's generated quantities (or lp__), ranked at the truth
+
+
+@dataclass(frozen=True)
+class PrecheckSettings:
+    """``[precheck]``: what `sbc precheck` needs beyond the study (never part of its identity)."""
+
+    parameters: str | None = None  # f(truth, data) -> the program's parameters the truth lacks
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class Study:
     thin_ranks: int = 10  # every thin_ranks-th draw of each chain is ranked (generic)
     quantities: Quantities = Quantities()
     parallel: Parallel = Parallel()
+    precheck: PrecheckSettings = PrecheckSettings()
     out: Path | None = None
     keep_draws: bool = False
     description: str = ""
@@ -140,15 +149,18 @@ class Study:
         (`pool`, `trace`) is not part of it.
         """
         sampler, options = _settings_identity(self.backend)
+        quantities: dict[str, Any] = {
+            "include": list(self.quantities.include),
+            "derived": self.derived_described(),
+        }
+        if self.quantities.stan:  # only when used: older identities stay as they were
+            quantities["stan"] = list(self.quantities.stan)
         return {
             "seed": self.seed,
             "simulator": self.simulator.describe(),
             "sampler": {**sampler, "thin": self.thin_ranks},
             "backend": {"type": self.backend.type, "options": options},
-            "quantities": {
-                "include": list(self.quantities.include),
-                "derived": self.derived_described(),
-            },
+            "quantities": quantities,
             "keep_draws": self.keep_draws,
         }
 
@@ -180,6 +192,7 @@ class Study:
                 "derived": self.derived_described(),
                 "pool": self.quantities.pool,
                 "trace": self.quantities.trace,
+                **({"stan": self.quantities.stan} if self.quantities.stan else {}),
             },
             "parallel": {
                 k: str(v) if isinstance(v, Path) else v
@@ -234,7 +247,7 @@ class Study:
         if out is not None:
             changes["out"] = Path(out)
         if stan is not None:
-            changes["stan"] = _existing_file(Path(stan), "--stan", where, suffix=".stan")
+            changes["stan"] = check_file(Path(stan), "--stan", where, suffix=".stan")
         return dataclasses.replace(self, **changes)
 
     def _switched(self, backend: str, rename: bool) -> dict[str, Any]:
@@ -285,7 +298,11 @@ def identity_from_manifest(study: dict[str, Any]) -> dict[str, Any] | None:
             "simulator": study["simulator"],
             "sampler": study["sampler"],
             "backend": study["backend"],
-            "quantities": {"include": q["include"], "derived": q["derived"]},
+            "quantities": {
+                "include": q["include"],
+                "derived": q["derived"],
+                **({"stan": list(q["stan"])} if q.get("stan") else {}),
+            },
             "keep_draws": study["keep_draws"],
         }
     except (KeyError, TypeError):
@@ -303,12 +320,12 @@ def available_cores() -> int:
 
 _TOP = {
     "name", "description", "stan", "sims", "seed", "keep_draws", "out", "thin_ranks",
-    "simulator", "sampler", "backend", "quantities", "parallel", "model",
+    "simulator", "sampler", "backend", "quantities", "parallel", "precheck", "model",
 }  # fmt: skip
 _SECTIONS: dict[str, set[str]] = {
-    "simulator": {"function", "args"},
-    "quantities": {"include", "derived", "pool", "trace"},
+    "quantities": {"include", "derived", "pool", "trace", "stan"},
     "parallel": {"workers", "scheduler", "tls_ca_file", "tls_cert", "tls_key"},
+    "precheck": {"parameters"},
 }
 _TLS_KEYS = ("tls_ca_file", "tls_cert", "tls_key")
 
@@ -351,11 +368,11 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         built = parse_model(raw, base, where)
         stan = built.info.stan_file
     elif "stan" in raw:
-        stan = _existing_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
+        stan = check_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
     elif needs_stan:
         raise SBCError("stan: missing (the Stan program to calibrate)", where=where)
 
-    simulator = (built and built.simulator) or _python_simulator(raw.get("simulator"), where, base)
+    simulator = (built and built.simulator) or parse_simulator(raw.get("simulator"), where, base)
 
     q_raw = check_table(raw.get("quantities", {}), "quantities", where)
     no_unknown(q_raw, _SECTIONS["quantities"], "quantities", where)
@@ -369,6 +386,14 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         derived=derived,
         pool=_variables(q_raw.get("pool", built.pool if built else []), "[quantities] pool", where),
         trace=_variables(q_raw.get("trace", []), "[quantities] trace", where),
+        stan=parse_stan_quantities(q_raw.get("stan", []), where),
+    )
+    c_raw = check_table(raw.get("precheck", {}), "precheck", where)
+    no_unknown(c_raw, _SECTIONS["precheck"], "precheck", where)
+    precheck = PrecheckSettings(
+        parameters=check_callable_spec(c_raw["parameters"], "[precheck] parameters", where, base)
+        if "parameters" in c_raw
+        else None
     )
     p_raw = check_table(raw.get("parallel", {}), "parallel", where)
     no_unknown(p_raw, _SECTIONS["parallel"], "parallel", where)
@@ -389,25 +414,13 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         thin_ranks=thin_ranks,
         quantities=quantities,
         parallel=parallel,
+        precheck=precheck,
         out=(base / check_str(out, "out", where)) if out is not None else None,
         keep_draws=check_bool(raw.get("keep_draws", False), "keep_draws", where),
         description=check_str(raw.get("description", ""), "description", where),
         model=built.info if built else None,
         settings=settings,
     )
-
-
-def _python_simulator(raw: Any, where: str, base: Path) -> Simulator:
-    """``[simulator] function = "module:function"`` (or a function object) with ``args``."""
-    sim_raw = check_table(raw, "simulator", where, required=True)
-    no_unknown(sim_raw, _SECTIONS["simulator"], "simulator", where)
-    if "function" not in sim_raw:
-        raise SBCError("[simulator] function: missing (e.g. 'sbc.simulators.lmm:simulate')", where)
-    sim_args = check_table(sim_raw.get("args", {}), "[simulator] args", where)
-    if callable(sim_raw["function"]):  # a function object (a notebook's): `sbc.run(simulator=f)`
-        return CallableSimulator(UserFunction(sim_raw["function"]), sim_args)
-    function = check_callable_spec(sim_raw["function"], "[simulator] function", where, base)
-    return PythonSimulator(function=function, args=sim_args)
 
 
 def _settings(
@@ -548,14 +561,6 @@ def _variables(value: Any, key: str, where: str) -> tuple[str, ...]:
 
 
 # -- small validators ------------------------------------------------------------------------------
-
-
-def _existing_file(path: Path, key: str, where: str, suffix: str) -> Path:
-    if path.suffix != suffix:
-        raise SBCError(f"{key}: expected a {suffix} file, got {str(path)!r}", where=where)
-    if not path.is_file():
-        raise SBCError(f"{key}: file not found: {path}", where=where)
-    return path.resolve()
 
 
 def _tls_file(value: Any, key: str, where: str, base: Path) -> Path:

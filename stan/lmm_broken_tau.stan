@@ -42,6 +42,9 @@ model {
   y ~ normal(X * beta + rows_dot_product(Z, b[g]), sigma);
 }
 generated quantities {
+  // the log-likelihood of the data, constants included: a data-dependent SBC test
+  // quantity (`[quantities] stan = ["log_lik_sum"]`; sbc.simulators.lmm:loglik in Python)
+  real log_lik_sum = normal_lpdf(y | X * beta + rows_dot_product(Z, b[g]), sigma);
   vector[(Q * (Q - 1)) %/% 2] rho;
   {
     int k = 1;

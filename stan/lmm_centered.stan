@@ -12,7 +12,7 @@
 //
 // Exposed quantities (identical names and shapes in lmm_noncentered.stan):
 // beta[K], sigma, tau[Q], R[Q, Q], rho[Q*(Q-1)/2] (strictly lower triangle of
-// R in column-major order; rho[1] = R[2, 1] when Q = 2) and b[J, Q].
+// R in column-major order; rho[1] = R[2, 1] when Q = 2), b[J, Q] and log_lik_sum.
 // Written for CmdStan 2.27 and current releases alike (no newer features).
 data {
   int<lower=1> N;
@@ -45,6 +45,9 @@ model {
   y ~ normal(X * beta + rows_dot_product(Z, b[g]), sigma);
 }
 generated quantities {
+  // the log-likelihood of the data, constants included: a data-dependent SBC test
+  // quantity (`[quantities] stan = ["log_lik_sum"]`; sbc.simulators.lmm:loglik in Python)
+  real log_lik_sum = normal_lpdf(y | X * beta + rows_dot_product(Z, b[g]), sigma);
   vector[(Q * (Q - 1)) %/% 2] rho;
   {
     int k = 1;

@@ -9,7 +9,7 @@
 //
 // Exposed quantities (identical names and shapes in lmm_centered.stan):
 // beta[K], sigma, tau[Q], R[Q, Q], rho[Q*(Q-1)/2] (strictly lower triangle of
-// R in column-major order; rho[1] = R[2, 1] when Q = 2) and b[J, Q].
+// R in column-major order; rho[1] = R[2, 1] when Q = 2), b[J, Q] and log_lik_sum.
 // L_R and z are sampler internals; they have no counterpart in the simulator's
 // truth and are not ranked.
 // Written for CmdStan 2.27 and current releases alike (no newer features).
@@ -43,6 +43,9 @@ model {
 }
 generated quantities {
   matrix[Q, Q] R = multiply_lower_tri_self_transpose(L_R);
+  // the log-likelihood of the data, constants included: a data-dependent SBC test
+  // quantity (`[quantities] stan = ["log_lik_sum"]`; sbc.simulators.lmm:loglik in Python)
+  real log_lik_sum = normal_lpdf(y | X * beta + rows_dot_product(Z, b[g]), sigma);
   vector[(Q * (Q - 1)) %/% 2] rho;
   {
     int k = 1;

@@ -183,6 +183,75 @@ def test_overrides_are_checked_like_file_values(tmp_path):
         study.with_overrides(stan=Path(tmp_path / "none.stan"))
 
 
+# -- simulators and test quantities in Stan, the precheck's settings --------------------------
+
+
+def test_a_stan_simulator_is_read_with_its_mapping():
+    from sbc.backends.cmdstan.simulator import StanSimulator
+
+    study = load_study(STUDIES / "lmm_sbc_stan_simulator.toml")
+    sim = study.simulator
+    assert isinstance(sim, StanSimulator)
+    assert sim.stan_file == (ROOT / "stan" / "lmm_simulator.stan").resolve()
+    assert sim.truth["rho"] == "rho" and sim.data == {"y": "y_sim"}
+    assert sim.args["J"] == 10 and len(sim.args["g"]) == 100  # from lmm_design.json
+    assert study.quantities.stan == ("log_lik_sum", "lp__")
+    assert study.identity()["quantities"]["stan"] == ["log_lik_sum", "lp__"]
+    assert "stan" not in load_study(STUDIES / "lmm_sbc.toml").identity()["quantities"]
+
+
+def _with_simulator(tmp_path, simulator: str, extra: str = "") -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(f'name = "s"\nstan = "{ROOT / "stan" / "lmm_centered.stan"}"\n'
+                    f"[simulator]\n{simulator}\n{extra}")  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    ("simulator", "message"),
+    [
+        ('stan = "x.stan"', r"\[simulator\] stan: file not found: .*x\.stan$"),
+        (f'stan = "{ROOT}/stan/lmm_simulator.stan"', r"\[simulator\] truth: missing"),
+        (f'stan = "{ROOT}/stan/lmm_simulator.stan"\ntruth = []',
+         r"\[simulator\] truth: expected a list of names or a table of Stan variable names$"),
+        (f'stan = "{ROOT}/stan/lmm_simulator.stan"\ntruth = {{ beta = "a b" }}',
+         r"\[simulator\] truth: expected Stan variable names, got beta = 'a b'$"),
+        (f'stan = "{ROOT}/stan/lmm_simulator.stan"\ntruth = ["beta"]\ndata = ["y"]',
+         r"\[simulator\] data: expected a table of Stan variable names$"),
+        (f'stan = "{ROOT}/stan/lmm_simulator.stan"\ntruth = ["beta"]\nargs = "design.csv"',
+         r"\[simulator\] args: expected a table or a \.json data file, got 'design\.csv'$"),
+        (f'stan = "{ROOT}/stan/lmm_simulator.stan"\ntruth = ["beta"]\ndata = {{ N = "y" }}\n'
+         "args = { N = 3 }", r"\[simulator\] data: 'N' is also in \[simulator\] args$"),
+        ('function = "sbc.simulators.lmm:simulate"\ntruth = ["beta"]',
+         r"\[simulator\] truth: only for a simulator in Stan \(stan = \.\.\.\)$"),
+    ],
+)  # fmt: skip
+def test_stan_simulator_keys_are_checked(tmp_path, simulator, message):
+    with pytest.raises(SBCError, match=message):
+        load_study(_with_simulator(tmp_path, simulator))
+
+
+def test_stan_args_from_a_json_file_must_be_an_object(tmp_path):
+    (tmp_path / "design.json").write_text("[1, 2]")
+    sim = f'stan = "{ROOT}/stan/lmm_simulator.stan"\ntruth = ["beta"]\nargs = "design.json"'
+    with pytest.raises(SBCError, match=r"design\.json does not hold a JSON object$"):
+        load_study(_with_simulator(tmp_path, sim))
+    (tmp_path / "design.json").write_text("{N: 1}")
+    with pytest.raises(SBCError, match=r"\[simulator\] args: cannot read .*design\.json"):
+        load_study(_with_simulator(tmp_path, sim))
+
+
+@pytest.mark.parametrize("name", ["accept_stat__", "log lik", ""])
+def test_quantities_stan_are_generated_quantities_or_lp(tmp_path, name):
+    extra = f'[quantities]\nstan = ["{name}"]\n'
+    with pytest.raises(SBCError, match=r"\[quantities\] stan: expected"):
+        load_study(_with_simulator(tmp_path, 'function = "sbc.simulators.lmm:simulate"', extra))
+
+
+def test_the_precheck_settings_are_not_part_of_the_identity():
+    study = load_study(STUDIES / "lmm_sbc_noncentered.toml")
+    assert study.precheck.parameters == "sbc.simulators.lmm:noncentered_parameters"
+    assert study.identity_hash() == SBC_0_1_HASHES["lmm_sbc_noncentered.toml"]
 # -- where a method's settings live (issue 14) ---------------------------------------------------
 
 

@@ -16,7 +16,12 @@ A backend is one module plus an entry point. The class declares, in one place:
   resumed (the CmdStan backend: the hash of the Stan source); `settings_identity(spec)`:
   how its settings enter the study's identity (`BackendBase`: as sbc 0.1 hashed them);
 * `remote_payload()` / `on_host(payload)`: how it gets ready on a dask worker host;
-* `describe()`: what the results manifest and the report say about it.
+* `describe()`: what the results manifest and the report say about it;
+* optionally `check_truth(truth, data, where)`: refuse before the study runs a simulation
+  the model cannot take (for CmdStan: a truth whose sizes differ from the model's), and
+  `quantities_at_truth(truth, data, names, workdir)`: the model's own quantities evaluated
+  at the truth (``[quantities] stan``; for CmdStan: generated quantities and ``lp__``),
+  to be ranked among the same quantities of the draws.
 
 The runner calls `prepare` once in the main process, then ships the prepared backend to
 worker processes, which call `fit`, `draws`, `diagnose` and `close` once per simulation;
@@ -33,7 +38,7 @@ distributions (sbc's own are declared in its pyproject.toml), e.g.::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -134,6 +139,17 @@ class Backend(Protocol):
         """Release what a fit holds on disk once its results are stored."""
         ...
 
+    def check_truth(self, truth: Mapping[str, Any], data: Mapping[str, Any], where: str) -> None:
+        """Refuse in one line, before the study runs, a simulation the model cannot take."""
+        ...
+
+    def quantities_at_truth(
+        self, truth: Mapping[str, Any], data: Mapping[str, Any], names: Sequence[str],
+        workdir: Path,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """The model's own quantities `names` at the truth (ranked among their draws)."""
+        ...
+
 
 class BackendBase:
     """Defaults for the optional parts of `Backend`: no options, nothing to prepare or ship."""
@@ -174,6 +190,15 @@ class BackendBase:
 
     def close(self, fit: Any) -> None:
         return None
+
+    def check_truth(self, truth: Mapping[str, Any], data: Mapping[str, Any], where: str) -> None:
+        return None
+
+    def quantities_at_truth(
+        self, truth: Mapping[str, Any], data: Mapping[str, Any], names: Sequence[str],
+        workdir: Path,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        raise SBCError(f"the {self.name} backend has no program to evaluate at the truth")
 
 
 # -- the registry ----------------------------------------------------------------------------------

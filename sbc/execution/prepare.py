@@ -4,7 +4,13 @@ before it touches any results (and `sbc recover` before its one fit).
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from sbc.backends import Backend, backend_class
 from sbc.errors import SBCError
@@ -58,8 +64,31 @@ def prepare(study: Study, progress: bool = True) -> Prepared:
     produced = backend.variables()
     if produced is not None:
         check_truth_against_model(truth, produced, model, where)
-    # derived quantities are named in the study on purpose: always ranked
+    backend.check_truth(truth, data, where)
+    # derived quantities and the model's own are named in the study on purpose: always ranked
     quantities = select_quantities(study.quantities.include, scalar_quantities(truth), where)
     quantities += list(study.quantities.derived)
+    quantities += stan_quantities(study, backend, truth, data, where)
     check_pool(study.quantities.pool, quantities, where)
     return Prepared(study=study, backend=backend, quantities=quantities, workers=workers)
+
+
+def stan_quantities(
+    study: Study, backend: Backend, truth: Mapping[str, np.ndarray], data: Mapping[str, Any],
+    where: str,
+) -> list[str]:  # fmt: skip
+    """The scalar names of ``[quantities] stan``, evaluated once at the first truth to check
+    that the model can (and to learn their sizes)."""
+    names = study.quantities.stan
+    if not names:
+        return []
+    with tempfile.TemporaryDirectory(prefix="sbc-quantities-") as tmp:
+        try:
+            values = backend.quantities_at_truth(truth, data, names, Path(tmp))
+        except SBCError as exc:
+            raise SBCError(f"[quantities] stan: {exc}", where=where) from None
+    taken = [n for n in names if n in truth or n in study.quantities.derived]
+    if taken:
+        raise SBCError(f"[quantities] stan: {taken[0]!r} is already the name of the simulator's "
+                       "truth or of a derived quantity", where=where)  # fmt: skip
+    return [q for name in names for q in scalar_quantities({name: values[name]})]

@@ -74,9 +74,13 @@ class RankPlan:
         }
 
 
-def rank_identity_hash(thin: int, include: Sequence[str], derived: Mapping[str, str]) -> str:
-    """The hash of what changes only the ranks, as `Study.rank_identity()` has it."""
-    return identity_hash({"thin": thin, "include": list(include), "derived": dict(derived)})
+def rank_identity_hash(
+    thin: int, include: Sequence[str], derived: Mapping[str, str], stan: Sequence[str] = ()
+) -> str:
+    """The hash of what changes only the ranks, as `Study.rank_identity()` has it (the
+    model's own quantities, ``[quantities] stan``, only when there are some)."""
+    identity = {"thin": thin, "include": list(include), "derived": dict(derived)}
+    return identity_hash({**identity, **({"stan": list(stan)} if stan else {})})
 
 
 def version_identity(manifest: dict[str, Any], version: int) -> str | None:
@@ -85,7 +89,9 @@ def version_identity(manifest: dict[str, Any], version: int) -> str | None:
         return info["identity"]
     if info.get("thin") is None:
         return None
-    return rank_identity_hash(info["thin"], info.get("include", []), info.get("derived", {}))
+    return rank_identity_hash(
+        info["thin"], info.get("include", []), info.get("derived", {}), info.get("stan", [])
+    )
 
 
 def matching_version(store: Store, identity: str) -> int | None:
@@ -142,6 +148,12 @@ def _simulator(manifest: dict[str, Any], given: Simulator | None, where: str) ->
     """The simulator that made these results: the one given, or rebuilt from the manifest;
     refused if its code is not the code the results were made with."""
     described = (manifest.get("study") or {}).get("simulator") or {}
+    if "stan" in described:  # its datasets would need CmdStan again: not supported (yet)
+        raise SBCError(
+            f"these results were simulated by a Stan program ({Path(described['stan']).name}): "
+            "re-ranking them is not supported; run the study again with --new",
+            where=where,
+        )
     if given is None:
         if described.get("kind") == "object" or "function" not in described:
             raise SBCError(
@@ -175,6 +187,7 @@ def plan_version(
     quantities: Sequence[str] | None = None,
     exact: bool = False,
     known: Mapping[str, FunctionSpec] | None = None,
+    stan: Sequence[str] = (),
 ) -> RankPlan:
     """Check a re-ranking against what is stored: draws kept, thinning a multiple of their
     stride, derived quantities callable and not named like a model variable. The new
@@ -190,6 +203,13 @@ def plan_version(
             where=where,
         )
     info = version_info(manifest, parent)
+    if stan or info.get("stan") or (study.get("quantities") or {}).get("stan"):
+        raise SBCError(
+            "these ranks include the model's own quantities ([quantities] stan), which need "
+            "CmdStan at each truth: re-ranking them from kept draws is not supported; run the "
+            "study again with --new",
+            where=where,
+        )
     keep_every = int(version_info(manifest, 1)["thin"] or 1)
     thin = int(info["thin"] or keep_every) if thin_ranks is None else int(thin_ranks)
     if thin < 1 or thin % keep_every:

@@ -188,6 +188,7 @@ def _rerank_stored(store: Store, p: Prepared, manifest: dict[str, Any], progress
         include=study.quantities.include,
         quantities=p.quantities,
         exact=True,
+        stan=study.quantities.stan,
     )
     rows, approximate = compute_ranks(store, plan, study.simulator, manifest, progress, where)
     version = max(store.rank_versions()) + 1
@@ -228,10 +229,13 @@ def _version_info(p: Prepared) -> dict[str, Any]:
     study = p.study
     derived = study.derived_described()
     return {
-        "identity": rank_identity_hash(study.thin_ranks, study.quantities.include, derived),
+        "identity": rank_identity_hash(
+            study.thin_ranks, study.quantities.include, derived, study.quantities.stan
+        ),
         "thin": study.thin_ranks,
         "include": list(study.quantities.include),
         "derived": derived,
+        **({"stan": list(study.quantities.stan)} if study.quantities.stan else {}),
         "quantities": list(p.quantities),
         "by": "run",
     }
@@ -365,6 +369,7 @@ def _task_factory(p: Prepared, tmp_root: str, keep_every: int):
             derived=study.quantities.derived,
             keep_draws=study.keep_draws,
             tmp_root=tmp_root,
+            stan_quantities=study.quantities.stan,
             keep_every=keep_every,
         )
 

@@ -41,6 +41,7 @@ class Task:
     derived: dict[str, FunctionSpec]
     keep_draws: bool
     tmp_root: str
+    stan_quantities: tuple[str, ...] = ()  # the model's own, evaluated at the truth
     keep_every: int | None = None  # stride of kept draws (the store's); default: thin
 
 
@@ -140,6 +141,11 @@ def run_simulation(task: Task, reuse_workdir: bool = False) -> SimulationResult:
         timings["fit_seconds"] = time.perf_counter() - t1
         stage = "ranks"
         t2 = time.perf_counter()
+        if task.stan_quantities:
+            stage = "[quantities] stan at the truth"
+            at_truth = task.backend.quantities_at_truth(truth, data, task.stan_quantities, workdir)
+            truth = {**truth, **at_truth}
+            stage = "ranks"
         missing = sorted(set(truth) - set(draws))
         if missing:
             raise SBCError(f"the model does not produce {', '.join(missing)}")

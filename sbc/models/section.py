@@ -108,7 +108,9 @@ def parse_model(raw: Mapping[str, Any], base: Path, where: str) -> ModelStudy:
 
     simulator, simulated_by = None, model.formula
     sim_raw = raw.get("simulator")
-    if sim_raw is None or (isinstance(sim_raw, Mapping) and "function" not in sim_raw):
+    elsewhere = isinstance(sim_raw, Mapping) and bool({"function", "stan"} & set(sim_raw))
+    own = sim_raw is None or (isinstance(sim_raw, Mapping) and not elsewhere)
+    if own:  # else [simulator] names a Python function or a Stan program
         simulator = _formula_simulator(sim_raw or {}, table, design, model, priors, where)
         simulated_by = simulator.model.formula
     program = stan_program(model, priors, style)

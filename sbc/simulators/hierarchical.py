@@ -83,3 +83,38 @@ def posterior_draws(
     z = rng.standard_normal((*size, mean.size))
     x = mean + z @ chol.T
     return {"mu": x[..., 0], "theta": x[..., 1:]}
+
+
+def unknown_scales_scores(
+    rng: np.random.Generator,
+    draws: int,
+    *,
+    J: int = 8,
+    n: int = 5,
+    scale: float = 5.0,
+    model_tau_scale: float | None = None,
+    jacobian: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(u, ∇_u log p) at `draws` joint draws of a hierarchical model with unknown scales:
+
+        μ ~ N(0, s²),  τ ~ N⁺(0, s²),  σ ~ N⁺(0, s²),  θ_j ~ N(μ, τ²),  y_ij ~ N(θ_j, σ²)
+
+    on the unconstrained scale u = (μ, log τ, log σ, θ_1..θ_J), log p with its Jacobian
+    (log τ + log σ), the score in closed form. Small τ or σ make the scores heavy-tailed
+    (infinite variance), as in a mixed model: what `sbc.analysis.score` must stay valid on,
+    without CmdStan. The model may disagree with the draws on purpose: its prior scale of τ
+    (`model_tau_scale`) or a missing Jacobian of σ (`jacobian=False`).
+    """
+    mu = rng.normal(0.0, scale, draws)
+    tau = np.abs(rng.normal(0.0, scale, draws))
+    sigma = np.abs(rng.normal(0.0, scale, draws))
+    theta = mu[:, None] + tau[:, None] * rng.standard_normal((draws, J))
+    y = theta[:, :, None] + sigma[:, None, None] * rng.standard_normal((draws, J, n))
+    d, r = theta - mu[:, None], y - theta[:, :, None]
+    tau_scale = scale if model_tau_scale is None else model_tau_scale
+    g_mu = -mu / scale**2 + d.sum(axis=1) / tau**2
+    g_tau = -(tau**2) / tau_scale**2 + 1 - J + (d**2).sum(axis=1) / tau**2
+    g_sigma = -(sigma**2) / scale**2 + float(jacobian) - J * n + (r**2).sum(axis=(1, 2)) / sigma**2
+    g_theta = -d / tau[:, None] ** 2 + r.sum(axis=2) / sigma[:, None] ** 2
+    u = np.column_stack([mu, np.log(tau), np.log(sigma), theta])
+    return u, np.column_stack([g_mu, g_tau, g_sigma, g_theta])

@@ -394,6 +394,17 @@ def loglik(params: Mapping[str, Any], data: Mapping[str, Any]) -> np.ndarray:
     return ll.reshape(lead)
 
 
+def noncentered_parameters(truth: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of stan/lmm_noncentered.stan at a truth of `simulate`: L_R = chol(R) and
+    z with b' = diag(τ) L_R z (``[precheck] parameters``: the precheck needs every parameter).
+
+    `simulate` draws b as (z Lᵀ) diag(τ) from standard normals z: these are exactly them.
+    """
+    L = np.linalg.cholesky(np.asarray(truth["R"], dtype=float))
+    scaled = np.asarray(truth["tau"], dtype=float)[:, None] * L
+    return {"L_R": L, "z": np.linalg.solve(scaled, np.asarray(truth["b"], dtype=float).T)}
+
+
 # ---------------------------------------------------------------------- checks
 
 

@@ -135,8 +135,10 @@ def test_every_simulation_failed_in_different_ways_exits_1(tmp_path):
 
 
 @pytest.mark.stan
-def test_a_truth_shape_only_the_fit_reveals_stops_the_study(tmp_path, cmdstan):
-    """The issue's case: a truth vector shorter than the model's `vector[K] beta`."""
+def test_a_truth_shape_the_model_disagrees_with_is_refused_before_the_study_runs(tmp_path, cmdstan):
+    """The issue's case: a truth vector shorter than the model's `vector[K] beta`. The fit
+    used to reveal it (and fail-fast stopped the study after 10); since issue 15 the backend
+    checks a truth's sizes against the model before anything runs (`check_truth`)."""
     study = tmp_path / "beta_short.toml"
     study.write_text(
         f'name = "beta_short"\nstan = "{ROOT / "stan" / "linreg.stan"}"\nsims = 40\n'
@@ -147,8 +149,7 @@ def test_a_truth_shape_only_the_fit_reveals_stops_the_study(tmp_path, cmdstan):
     proc = _sbc("run", str(study), "--quiet", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2, proc
     assert proc.stderr.strip() == (
-        f"sbc: error: {study}: the first {FAIL_FAST} simulations all failed the same way, so "
-        "the study stopped: ranks: truth beta has shape (2,) but the model's beta is (3,) "
-        "(stored as failed: fix the cause, then run again with --retry-failed)"
+        f"sbc: error: {study}: truth 'beta' has shape (2,) but the model's beta has shape (3,) "
+        "(on the simulator's first dataset)"
     )
-    assert len(sbc.load(tmp_path / "out").simulations) < 40
+    assert not (tmp_path / "out" / "sbc.sqlite").exists()

@@ -452,3 +452,13 @@ def test_stan_programs_accept_the_data_and_expose_the_same_variables(tmp_path: P
                 assert variables[k].shape == (50, *np.shape(v)), (name, kw, k)
             if kw["Q"] == 3:  # rho is R's strict lower triangle, column by column
                 assert np.array_equal(variables["rho"], lmm.rho_from_R(variables["R"]))
+
+
+def test_noncentered_parameters_are_the_simulators_own_standard_normals():
+    """stan/lmm_noncentered.stan's b = (diag(tau) L_R z)': z are the standard normals that
+    `simulate` drew b from, L_R the Cholesky factor of R (`[precheck] parameters`)."""
+    truth, data = lmm.simulate(np.random.default_rng(3), groups=6)
+    p = lmm.noncentered_parameters(truth, data)
+    assert p["z"].shape == (2, 6) and p["L_R"].shape == (2, 2)
+    assert np.allclose((np.diag(truth["tau"]) @ p["L_R"] @ p["z"]).T, truth["b"])
+    assert np.allclose(p["L_R"] @ p["L_R"].T, truth["R"])

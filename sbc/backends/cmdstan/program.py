@@ -23,10 +23,12 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+import numpy as np
 
 from sbc.backends import BackendBase, BackendSpec
 from sbc.errors import SBCError
@@ -80,11 +82,23 @@ class StanProgram(BackendBase):
 
     def variables(self) -> dict[str, int] | None:
         """Parameters, transformed parameters and generated quantities, with their dimensions."""
-        return None if self._info is None else _dimensions(self._info, OUTPUT_BLOCKS)
+        return None if self._info is None else dimensions(self._info, OUTPUT_BLOCKS)
 
     def inputs(self) -> dict[str, int] | None:
         """The program's data block: input names with their number of dimensions."""
-        return None if self._info is None else _dimensions(self._info, ("inputs",))
+        return None if self._info is None else dimensions(self._info, ("inputs",))
+
+    def parameters(self) -> dict[str, int]:
+        """The parameters block (what a point of the program is), with dimensions."""
+        return dimensions(self._info or {}, ("parameters",))
+
+    def generated_quantities(self) -> dict[str, int]:
+        return dimensions(self._info or {}, ("generated quantities",))
+
+    def integer_quantities(self) -> set[str]:
+        """Generated quantities declared int (CmdStan's output has them as numbers)."""
+        block = (self._info or {}).get("generated quantities") or {}
+        return {name for name, v in block.items() if v.get("type") == "int"}
 
     def identity(self) -> dict[str, str]:
         return {"stan_source": hashlib.sha256(Path(self.stan_file).read_bytes()).hexdigest()}
@@ -122,6 +136,89 @@ class StanProgram(BackendBase):
     def model(self) -> Any:
         """cmdstanpy's model of the compiled program, one per worker process (no compile)."""
         return cmdstanpy_model(str(self.exe_file), str(self.cmdstan))
+
+    # -- the program at given parameter values (at_truth.py) --------------------------------
+    #: Whether `draws` holds ``lp__`` (NUTS: the log density of each draw), so that it can be
+    #: ranked: ``[quantities] stan = ["lp__"]``.
+    lp_in_draws: ClassVar[bool] = False
+
+    def point(self, truth: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """The truth's values of every parameter: a point where the program can be evaluated."""
+        params = self.parameters()
+        missing = sorted(set(params) - set(truth))
+        if missing:
+            raise SBCError(
+                f"{what} needs the truth of every parameter of {Path(self.stan_file).name}; "
+                f"the simulator's truth lacks {', '.join(missing)}"
+            )
+        return {k: truth[k] for k in params}
+
+    def evaluate(self, what: str, *args: Any) -> Any:
+        """`at_truth.<what>(model, *args)`, a failed CmdStan run as one SBCError line."""
+        from sbc.backends.cmdstan import at_truth
+
+        try:
+            return getattr(at_truth, what)(self.model(), *args)
+        except RuntimeError as exc:
+            raise SBCError(cmdstan_failure(str(exc))) from None
+
+    def quantities_at_truth(
+        self, truth: Mapping[str, Any], data: Mapping[str, Any], names: Sequence[str],
+        workdir: Path,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
+        """Generated quantities (and ``lp__``) at the truth: ``[quantities] stan``."""
+        from sbc.backends.cmdstan.at_truth import write_json
+
+        known = self.generated_quantities()
+        for name in names:
+            if name == "lp__" and not self.lp_in_draws:
+                raise SBCError(f"lp__ is not ranked with the {self.name} backend: its draws have "
+                               "no log density")  # fmt: skip
+            if name != "lp__" and name not in known:
+                raise SBCError(
+                    f"{name!r} is not a generated quantity of {Path(self.stan_file).name} "
+                    f"(its generated quantities: {', '.join(sorted(known)) or 'none'}; or lp__)"
+                )
+        inits = self.point(truth, "evaluating them at the truth")
+        data_file = write_json(workdir / "truth_data.json", data)
+        out: dict[str, np.ndarray] = {}
+        if any(n != "lp__" for n in names):
+            values = self.evaluate("outputs_at", inits, data_file, workdir)
+            out.update({n: np.asarray(values[n], dtype=float) for n in names if n != "lp__"})
+        if "lp__" in names:
+            out["lp__"] = np.asarray(self.evaluate("density_at", inits, data_file, workdir).lp)
+        return out
+
+    def check_truth(self, truth: Mapping[str, Any], data: Mapping[str, Any], where: str) -> None:
+        """Every truth has the shape of the program's variable (sizes too, which `stanc
+        --info` cannot say) and the program takes the truth's parameters: one fixed_param
+        draw from a random point, one from the truth. Data the program rejects (a bad seed
+        of the simulator) is left to that simulation's fit to record."""
+        import tempfile
+
+        from sbc.backends.cmdstan.at_truth import write_json
+
+        name = Path(self.stan_file).name
+        params = self.parameters()
+        with tempfile.TemporaryDirectory(prefix="sbc-check-") as tmp:
+            data_file = write_json(Path(tmp) / "data.json", data)
+            try:
+                values = self.evaluate("outputs_at", {}, data_file, Path(tmp))
+            except SBCError:
+                return
+            for var, value in truth.items():
+                if var in values and np.shape(values[var]) != np.shape(value):
+                    raise SBCError(
+                        f"truth {var!r} has shape {np.shape(value)} but the model's {var} has "
+                        f"shape {np.shape(values[var])} (on the simulator's first dataset)",
+                        where=where,
+                    )
+            try:
+                self.evaluate("outputs_at", {k: v for k, v in truth.items() if k in params},
+                              data_file, Path(tmp))  # fmt: skip
+            except SBCError as exc:
+                raise SBCError(f"{name} rejects the simulator's first truth: {exc}",
+                               where=where) from None  # fmt: skip
 
     @staticmethod
     def write_data(data: Mapping[str, Any], workdir: Path) -> Path:
@@ -211,17 +308,32 @@ def _stanc_info(stan_file: Path, exe: Path) -> dict[str, Any]:
     cache = exe.parent / "stanc_info.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    import cmdstanpy
-
-    # the executable is named after the program (folder/<stem>), as cmdstanpy requires
-    info = cmdstanpy.CmdStanModel(stan_file=stan_file, exe_file=exe).src_info()
+    info = stanc_info(stan_file)
     tmp = cache.with_suffix(f".{os.getpid()}")
     tmp.write_text(json.dumps(info))
     os.replace(tmp, cache)
     return info
 
 
-def _dimensions(info: dict[str, Any], blocks: tuple[str, ...]) -> dict[str, int]:
+def stanc_info(stan_file: Path) -> dict[str, Any]:
+    """What `stanc --info` says a program declares, without compiling it (about 0.5 s).
+
+    (cmdstanpy runs the same command in `CmdStanModel.src_info`, which needs a model object
+    whose constructor compiles.)"""
+    import subprocess
+
+    from sbc.backends.cmdstan.install import ensure_cmdstan
+
+    stanc = Path(ensure_cmdstan(progress=False)) / "bin" / "stanc"
+    proc = subprocess.run([str(stanc), "--info", str(stan_file)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if proc.returncode:
+        raise SBCError(stanc_message(proc.stderr + proc.stdout), where=str(stan_file))
+    return json.loads(proc.stdout)
+
+
+def dimensions(info: dict[str, Any], blocks: tuple[str, ...]) -> dict[str, int]:
+    """The variables of `stanc --info` blocks, with their number of dimensions."""
     return {
         name: int(v["dimensions"])
         for block in blocks

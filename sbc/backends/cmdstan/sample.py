@@ -134,6 +134,7 @@ class CmdStanBackend(StanProgram):
     method = "NUTS (CmdStan's sample)"
     Options = NutsSettings
     diagnostics = DIAGNOSTICS
+    lp_in_draws = True
 
     @classmethod
     def create(cls, spec: BackendSpec, stan: Path | None, cores: int) -> CmdStanBackend:
@@ -196,11 +197,13 @@ class CmdStanBackend(StanProgram):
             raise RuntimeError(cmdstan_failure(str(exc))) from None
 
     def draws(self, fit: Any) -> dict[str, np.ndarray]:
+        """Every variable of the program, and ``lp__`` (rankable: ``[quantities] stan``)."""
         chains = fit.chains
         out = {}
         for name in fit.metadata.stan_vars:
             value = fit.stan_variable(name)
             out[name] = value.reshape(chains, -1, *value.shape[1:])
+        out["lp__"] = fit.method_variables()["lp__"].T  # (draws, chains) -> (chains, draws)
         return out
 
     def diagnose(self, fit: Any) -> dict[str, float]:
