@@ -22,15 +22,7 @@ def simulate(rng, n_groups=10, per_group=10):
     x = np.tile(np.arange(1.0, per_group + 1), n_groups)
     mu = alpha + u0[group - 1] + (slope + u1[group - 1]) * x
     y = rng.normal(mu, sigma_e)
-    truth = {
-        "alpha": alpha,
-        "slope": slope,
-        "sigma_e": sigma_e,
-        "sd_int": sd_int,
-        "sd_slope": sd_slope,
-        "r": r,
-        "u0": u0,
-        "u1": u1,
-    }
+    truth = {"alpha": alpha, "slope": slope, "sigma_e": sigma_e, "sd_int": sd_int,
+             "sd_slope": sd_slope, "r": r, "u0": u0, "u1": u1}
     data = {"n_obs": len(y), "n_groups": n_groups, "group": group, "x": x, "y": y}
     return truth, data
