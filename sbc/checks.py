@@ -161,6 +161,7 @@ def compare(
         rows.append(
             {
                 "quantity": q,
+                "label": vb.at[q, "label"],  # what it is in the candidate's words, if known
                 "baseline_p_holm": va.at[q, "p_holm"],
                 "candidate_p_holm": vb.at[q, "p_holm"],
                 "baseline": _word(va.loc[q]),

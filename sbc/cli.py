@@ -413,6 +413,8 @@ def _check(args: argparse.Namespace) -> int:
         ranks_version=args.ranks_version,
     )
     cols = ["quantity", "n", "log_gamma_ratio", "p_value", "p_holm", "coverage90", "shape"]
+    if outcome.verdicts["label"].astype(bool).any():  # a formula model's names for them
+        cols.insert(1, "label")
     print(f"draws from {outcome.method}")
     print(_table(outcome.verdicts[cols]))
     print()
@@ -440,7 +442,10 @@ def _compare(args: argparse.Namespace) -> int:
         f"paired on {result.n_paired} simulated datasets: baseline {result.baseline}, "
         f"candidate {result.candidate}"
     )
-    print(_table(result.table))
+    table = result.table
+    if "label" in table and not table["label"].astype(bool).any():  # formula models' names
+        table = table.drop(columns="label")
+    print(_table(table))
     print()
     if result.worse:
         print(f"candidate is worse calibrated on: {', '.join(result.worse)}")

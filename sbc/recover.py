@@ -51,6 +51,7 @@ def recover(study: Study, progress: bool = True) -> Recovery:
     backend.prepare(progress=progress)
     folder = study.results_dir
     folder.mkdir(parents=True, exist_ok=True)
+    study.write_program(folder)
     with tempfile.TemporaryDirectory(prefix="sbc-recover-") as tmp:
         fit = backend.fit(data, fit_seed, Path(tmp))
         draws = backend.draws(fit)

@@ -53,6 +53,12 @@ class StoredResults:
         return tuple(self.manifest.get("study", {}).get("quantities", {}).get("pool", ()))
 
     @property
+    def labels(self) -> dict[str, str]:
+        """What each quantity is in the model's words (formula models: beta[2] -> "x"), as the
+        study recorded them; {} for other studies."""
+        return dict(self.manifest.get("study", {}).get("labels", {}))
+
+    @property
     def keep_draws(self) -> bool:
         return bool(self.manifest.get("study", {}).get("keep_draws"))
 

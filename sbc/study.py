@@ -104,9 +104,15 @@ class Study:
     out: Path | None = None
     keep_draws: bool = False
     description: str = ""
+    model: Any = None  # a `sbc.models.ModelInfo` when the study has a [model] formula
     #: ``[backend]``, ``[sampler]`` and `thin_ranks` as written: `with_overrides(backend=...)`
     #: picks another method's settings from them.
     settings: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What each quantity is, in the model's words (formula models): e.g. beta[2] -> x."""
+        return dict(self.model.labels) if self.model is not None else {}
 
     @property
     def thin(self) -> int | str:
@@ -129,6 +135,13 @@ class Study:
 
     def workers(self) -> int:
         return self.parallel.workers or available_cores()
+
+    def write_program(self, folder: Path) -> Path | None:
+        """A program generated from ``[model]``, written beside the results to read and reuse
+        (not when ``--stan`` replaced it)."""
+        if self.model is None or self.stan != self.model.stan_file:
+            return None
+        return self.model.write(folder)
 
     def identity(self) -> dict[str, Any]:
         """What must not change for stored results to stay valid (sims and parallelism may).
@@ -197,6 +210,7 @@ class Study:
             },
             "keep_draws": self.keep_draws,
             **{k: v for k, v in self.identity().items() if k == "thin_ranks_auto"},
+            **({"model": self.model.describe(), "labels": self.labels} if self.model else {}),
         }
 
     def identity_hash(self) -> str:
@@ -321,6 +335,7 @@ def available_cores() -> int:
 _TOP = {
     "name", "description", "stan", "sims", "seed", "keep_draws", "out", "thin_ranks",
     "thin_ranks_auto", "simulator", "sampler", "backend", "quantities", "parallel", "precheck",
+    "model",
 }  # fmt: skip
 #: What a study says about how it is fitted and thinned (`Study.settings`).
 _SETTINGS = ("backend", "sampler", "thin_ranks", "thin_ranks_auto")
@@ -360,12 +375,21 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     settings = {k: raw[k] for k in _SETTINGS if k in raw}
     backend, needs_stan, thin_ranks, auto_thinning = _settings(settings, where, base)
     stan = None
-    if "stan" in raw:
+    built = None
+    if "model" in raw:  # a formula: the Stan program (and the simulator) come from it
+        if "stan" in raw:
+            raise SBCError("stan: a study with a [model] formula generates its program; "
+                           "give one of the two", where=where)  # fmt: skip
+        from sbc.models.section import parse_model
+
+        built = parse_model(raw, base, where)
+        stan = built.info.stan_file
+    elif "stan" in raw:
         stan = check_file(base / check_str(raw["stan"], "stan", where), "stan", where, ".stan")
     elif needs_stan:
         raise SBCError("stan: missing (the Stan program to calibrate)", where=where)
 
-    simulator = parse_simulator(raw.get("simulator"), where, base)
+    simulator = (built and built.simulator) or parse_simulator(raw.get("simulator"), where, base)
 
     q_raw = check_table(raw.get("quantities", {}), "quantities", where)
     no_unknown(q_raw, _SECTIONS["quantities"], "quantities", where)
@@ -373,9 +397,11 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
     derived = {k: _function_spec(v, f"[quantities] derived.{k}", where, base)
                for k, v in derived.items()}  # fmt: skip
     quantities = Quantities(
-        include=check_names(q_raw.get("include", []), "[quantities] include", where),
+        include=check_names(
+            q_raw.get("include", built.include if built else []), "[quantities] include", where
+        ),
         derived=derived,
-        pool=_variables(q_raw.get("pool", []), "[quantities] pool", where),
+        pool=_variables(q_raw.get("pool", built.pool if built else []), "[quantities] pool", where),
         trace=_variables(q_raw.get("trace", []), "[quantities] trace", where),
         stan=parse_stan_quantities(q_raw.get("stan", []), where),
     )
@@ -410,6 +436,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None) -> Study:
         out=(base / check_str(out, "out", where)) if out is not None else None,
         keep_draws=check_bool(raw.get("keep_draws", False), "keep_draws", where),
         description=check_str(raw.get("description", ""), "description", where),
+        model=built.info if built else None,
         settings=settings,
     )
 

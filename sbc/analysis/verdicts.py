@@ -25,6 +25,7 @@ from sbc.analysis.uniformity import chi_square_test, gamma_test, holm
 
 VERDICT_COLUMNS = [
     "quantity",
+    "label",  # what the quantity is in the model's words, if the study says (formula models)
     "kind",
     "n",
     "n_sims",
@@ -77,6 +78,7 @@ def verdict_table(
     alpha: float = 0.01,
     pool: Sequence[str] = (),
     order: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """One row per quantity (and pooled row), in study order: `VERDICT_COLUMNS`.
 
@@ -84,12 +86,13 @@ def verdict_table(
     the Holm family) are NaN for pooled rows; p_value is the γ test's or the pooled test's;
     p_holm is Holm over every row's p_value; calibrated = p_holm ≥ alpha; coverage90 with
     its Clopper–Pearson 95 % interval (Korn–Graubard for pooled rows); shape in words for
-    failing rows ("calibrated" otherwise).
+    failing rows ("calibrated" otherwise); label from `labels` (quantity -> words; "" if none).
     """
     rows = [_row(panel) for panel in quantity_panels(ranks_df, pool, order)]
     if not rows:
         return pd.DataFrame(columns=VERDICT_COLUMNS)
     out = pd.DataFrame(rows)
+    out["label"] = [(labels or {}).get(q, "") for q in out["quantity"]]
     out["p_holm"] = holm(out["p_value"].to_numpy())
     out["calibrated"] = out["p_holm"] >= alpha
     out["shape"] = [
@@ -154,6 +157,7 @@ class Calibration:
     order: tuple[str, ...] | None = None
     chains: float = 1.0
     rules: tuple[diag.Rule, ...] = diag.DEFAULT_RULES
+    labels: Mapping[str, str] = field(default_factory=dict)  # quantity -> the model's words
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -171,6 +175,7 @@ class Calibration:
             order=tuple(m["quantities"]) if m.get("quantities") else None,
             chains=diag.chains_of(m),
             rules=diag.rules_for(results.diagnostics),
+            labels=results.labels,
         )
 
     # -- computed once ----------------------------------------------------------------------
@@ -183,7 +188,8 @@ class Calibration:
     def table(self) -> pd.DataFrame:
         """The verdict table (`verdict_table`)."""
         return self._cached(
-            "table", lambda: verdict_table(self.ranks, self.alpha, self.pool, self.order)
+            "table",
+            lambda: verdict_table(self.ranks, self.alpha, self.pool, self.order, self.labels),
         )
 
     @property
@@ -292,7 +298,7 @@ class Calibration:
         sides = {}
         for side, members in (("flagged", flagged), ("clean", clean)):
             sub = self.ranks[self.ranks["sim"].isin(members)]
-            sides[side] = verdict_table(sub, self.alpha, self.pool, self.order)
+            sides[side] = verdict_table(sub, self.alpha, self.pool, self.order, self.labels)
         table = pd.DataFrame({"quantity": self.table["quantity"]})
         for side, v in sides.items():
             part = v[["quantity", *_SPLIT_FIELDS]].rename(

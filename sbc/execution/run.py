@@ -225,6 +225,7 @@ def _record_manifest(store: Store, p: Prepared, version: int) -> None:
     }
     if study.stan is not None:
         entries["stan_source"] = study.stan.read_text()
+    study.write_program(store.path.parent)
     if "started" not in manifest:
         entries["started"] = entries["last_run_started"]
     store.update_manifest(entries)

@@ -307,6 +307,9 @@ def _verdict_table(v: pd.DataFrame) -> str:
     for r in v.itertuples(index=False):
         passed = bool(r.calibrated)
         tag = ' <span class="tag">pooled</span>' if r.kind == "pooled" else ""
+        if r.label:  # what it is in the model's words (formula models)
+            tag += f' <span class="label">{h.e(r.label)}</span>'
+
         verdict = (
             '<span class="pass">✓ calibrated</span>'
             if passed
