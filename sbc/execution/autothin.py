@@ -40,6 +40,7 @@ class Thinned:
 def thin_automatically(
     backend: Backend,
     fit: Any,
+    model: Mapping[str, np.ndarray],
     truth: Mapping[str, Any],
     data: Mapping[str, Any],
     derived: Mapping[str, Callable[..., Any]],
@@ -48,10 +49,10 @@ def thin_automatically(
     fit_seed: int,
     workdir: Path,
 ) -> Thinned:
-    """Continue `fit` until `rule` is met (or its budget is spent), then thin it."""
+    """Continue `fit` until `rule` is met (or its budget is spent), then thin it. `model`:
+    the fit's draws as the backend gives them (read once by the caller)."""
     k = 0
     while True:
-        model = backend.draws(fit)
         full_truth, draws = dict(truth), dict(model)
         if derived:
             try:
@@ -69,3 +70,4 @@ def thin_automatically(
         k += 1
         extend = backend.extend  # type: ignore[attr-defined]  # the study checked it has one
         fit = extend(fit, thinning.extend, continuation_seed(fit_seed, k), workdir)
+        model = backend.draws(fit)

@@ -152,7 +152,7 @@ def run_simulation(task: Task, reuse_workdir: bool = False) -> SimulationResult:
         if task.auto is not None:
             stage = "auto thinning"
             with _captured_output():
-                thinned = thin_automatically(task.backend, fit, truth, data, functions,
+                thinned = thin_automatically(task.backend, fit, draws, truth, data, functions,
                                              quantities, task.auto, fit_seed, workdir)  # fmt: skip
             fit, truth, draws = thinned.fit, thinned.truth, thinned.draws
             start, every, extra = thinned.thinning.start, thinned.thinning.every, \
