@@ -45,7 +45,9 @@ def collect_one(backend, study, sim: int, draws: int, quantities: list[str]) -> 
         args = backend.arguments(data, fit_seed, Path(tmp))
         args.update(iter_sampling=draws, save_warmup=True)
         fit = backend.model().sample(**args)
-        model = backend.draws(fit)
+        # lp__ comes from method_variables(), which has the saved warm-up too: the draws
+        # of every variable are the last `draws` of each chain
+        model = {k: v[:, -draws:] for k, v in backend.draws(fit).items()}
         derived = {k: resolve_function(v) for k, v in study.quantities.derived.items()}
         d_truth, d_draws = derived_truth_and_draws(derived, truth, model, data)
         _, _, columns = ranked_columns({**truth, **d_truth}, {**model, **d_draws}, quantities)

@@ -21,9 +21,9 @@ which both budgets must flag), each run once, interleaved.
 
 Replay mode (`--replay`): each setting's rule replayed on the same long chains (one long
 fit per dataset and (chains, warm-up), cached with --cache; `_replay.py` says why that is
-exact), costed in gradient evaluations; a setting may add the extension rule's constants,
-e.g. 2x150+100/auto:0.5,o1.3,g3 (overshoot 1.3, an extension at most triples the draws; g0:
-no limit):
+exact), costed in gradient evaluations; a setting may add the extension rule's constants
+(sbc/thinning.py), e.g. 2x150+100/auto:0.5,o1.3,g2,u0 (overshoot 1.3, an extension at most
+triples the draws, a fit is continued whatever its ESS projects; g0 and u0: no limit):
 
     python benchmarks/budget.py --replay --sims 60 --cache /tmp/budget-cache
 
@@ -77,7 +77,7 @@ BROKEN = ROOT / "stan" / "lmm_broken_tau.stan"
 
 
 def parse_setting(text: str) -> dict:
-    pattern = r"(\d+)x(\d+)\+(\d+)/(\d+|auto(?::([\d.]+))?(?::(\d+))?)((?:,[og][\d.]+)*)"
+    pattern = r"(\d+)x(\d+)\+(\d+)/(\d+|auto(?::([\d.]+))?(?::(\d+))?)((?:,[ogu][\d.]+)*)"
     m = re.fullmatch(pattern, text.replace(" ", ""))
     if not m:
         raise SystemExit(
@@ -91,10 +91,11 @@ def parse_setting(text: str) -> dict:
             "min_ess_per_draw": float(m.group(5) or 0.5),
             "max_draws": int(m.group(6) or 4000),
         }
-        names = {"o": "overshoot", "g": "max_growth"}
+        names = {"o": "overshoot", "g": "max_growth", "u": "give_up"}
         rule = {names[x[0]]: float(x[1:]) for x in m.group(7).split(",") if x}
-        if rule.get("max_growth") == 0:
-            rule["max_growth"] = float("inf")
+        for name in ("max_growth", "give_up"):  # 0: no limit
+            if rule.get(name) == 0:
+                rule[name] = float("inf")
         s["rule"] = rule
     else:
         s["thin"] = int(m.group(4))
@@ -129,6 +130,25 @@ def study_copy(dest: Path, source: Path, sims: int, broken: bool = False) -> Pat
     path = dest / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+def rank_spread(ranks) -> np.ndarray:
+    """Per simulation, the mean over its quantities (pooled rows left out) of
+    (rank - L/2)^2 / the uniform's variance on 0..L: 1 on average when ranks are uniform,
+    above 1 when they are U-shaped (kept draws too narrow or too dependent)."""
+    single = ranks[~ranks["quantity"].str.contains("*", regex=False)]
+    L = single["L"].to_numpy(dtype=float)
+    z = (single["rank"].to_numpy(dtype=float) - L / 2) ** 2 / (((L + 1) ** 2 - 1) / 12)
+    return single.assign(z=z).groupby("sim")["z"].mean().to_numpy()
+
+
+def spread_interval(per_sim: np.ndarray, seed: int = 0) -> str:
+    """The mean of `rank_spread` with a 95 % interval, resampling whole simulations (their
+    quantities are dependent)."""
+    rng = np.random.default_rng(seed)
+    boot = [per_sim[rng.integers(0, len(per_sim), len(per_sim))].mean() for _ in range(2000)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return f"{per_sim.mean():.3f} ({lo:.2f}-{hi:.2f})"
 
 
 def measure(out: Path, run, alpha: float = 0.01) -> dict:
@@ -167,6 +187,7 @@ def measure(out: Path, run, alpha: float = 0.01) -> dict:
         "ess_b": ok["ess_bulk_min"].to_numpy(dtype=float) / L,
         "ess_t": ok["ess_tail_min"].to_numpy(dtype=float) / L,
         "div": (ok["divergences"].fillna(0) > 0).to_numpy(),
+        "spread": rank_spread(res.ranks),
         "passed": outcome.passed,
         "p_min": float(v["p_holm"].min()),
         "p_tau": {q: float(v.at[q, "p_holm"]) for q in v.index if q.startswith("tau[")},
@@ -203,6 +224,7 @@ def summarise(label: str, runs: list[dict]) -> dict:
         "bulk_ok": float(np.mean(cat("ess_b") >= 0.5)),
         "tail_ok": float(np.mean(cat("ess_t") >= 0.5)),
         "div": float(np.mean(cat("div"))),
+        "spread": spread_interval(cat("spread")),
         "sbc": "/".join("pass" if r["passed"] else "FAIL" for r in runs),
         "p_min": min(r["p_min"] for r in runs),
         "p_tau": ", ".join(f"{q} {p:.2g}" for q, p in p_tau.items()) or "-",
@@ -233,6 +255,7 @@ QUALITY_COLUMNS = [
     ("ess_med", "ESS/L median", "{:.2f}"),
     ("ess_p5", "5th pct", "{:.2f}"),
     ("div", "divergent fits", "{:.0%}"),
+    ("spread", "rank variance / uniform (95 %)", ""),
     ("failed", "failed", "{}"),
     ("sbc", "sbc check", ""),
     ("p_min", "min Holm p", "{:.2g}"),

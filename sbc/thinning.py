@@ -11,7 +11,10 @@ planned sampling:
   draws of the fit;
 * if the smallest is below ``min_ess_per_draw x L``, the chains are continued (no new
   warm-up: the backend's `extend`) by about the draws that ESS says are missing, and it
-  looks again; never beyond ``max_draws`` per chain;
+  looks again; never beyond ``max_draws`` per chain, and not at all when the ESS so far
+  says that even four times ``max_draws`` would not reach the target (a sampler stuck in a
+  funnel: such a fit ends below target either way, and its draws are the dearest of the
+  study; it is flagged, as one that reached ``max_draws`` is);
 * it then keeps exactly ``ceil(L / chains)`` draws per chain, as far apart as the chain
   allows (the largest stride, ending at the last draw; the first few, nearest the warm-up,
   are the ones left over), so every fit of a study has the same L, and reaching the
@@ -37,10 +40,17 @@ OVERSHOOT = 1.1
 #: The smallest extension, as a share of the draws a chain has: tiny extensions cost a
 #: CmdStan start each and move the noisy ESS estimate by less than its noise.
 MIN_GROWTH = 0.25
-#: The largest, as a multiple of the draws a chain has: a tail ESS estimated from a few
-#: hundred draws can be far too low, and a chain told to grow tenfold on its word would
-#: overshoot by as much; growing at most this much, it looks again on the way.
-MAX_GROWTH = 2.0
+#: The largest, as a multiple of the draws a chain has: an ESS estimated from a few hundred
+#: draws of a slowly mixing chain is often far too low, and a chain told to grow tenfold on
+#: its word would overshoot by as much; growing by at most half, it looks again on the way
+#: (a look costs a CmdStan start, about 10 ms; benchmarks/budget.py --replay chose 0.5).
+MAX_GROWTH = 0.5
+#: A fit is not continued when its ESS so far projects more than this many times
+#: ``max_draws`` to reach the target: it would end below target anyway (a funnel its
+#: sampler is stuck in), after the most expensive draws of the study. An ESS of a few
+#: draws is very noisy (on the LMM, fits at ESS 2-8 that 2 would have stopped reached 50 in
+#: another run), hence 4, which replayed costs the LMM study what 2 does.
+GIVE_UP = 4.0
 
 
 @dataclass(frozen=True)
@@ -88,10 +98,12 @@ def plan_thinning(
     overshoot: float = OVERSHOOT,
     min_growth: float = MIN_GROWTH,
     max_growth: float = MAX_GROWTH,
+    give_up: float = GIVE_UP,
 ) -> Thinning:
     """The thinning of a fit with `chains` chains of `draws` draws each, whose ranked
-    quantities have these bulk and tail ESS (over all its draws). (`overshoot`, `min_growth`
-    and `max_growth`: see the module's constants; benchmarks/budget.py varies them.)"""
+    quantities have these bulk and tail ESS (over all its draws). (`overshoot`, `min_growth`,
+    `max_growth` and `give_up`: see the module's constants; benchmarks/budget.py varies
+    them.)"""
     keep = rule.per_chain(chains)
     if draws < keep:
         raise ValueError(f"{draws} draws per chain cannot give {keep} kept draws per chain")
@@ -99,7 +111,8 @@ def plan_thinning(
     ess = float(np.nanmin(values)) if np.isfinite(values).any() else math.nan
     want = rule.min_ess_per_draw * keep * chains
     room = rule.max_draws - draws
-    if can_extend and room > 0 and ess == ess and ess < want:
+    hopeless = draws * want / max(ess, 1e-9) > give_up * rule.max_draws
+    if can_extend and room > 0 and ess == ess and ess < want and not hopeless:
         needed = math.ceil(draws * (want / max(ess, 1e-9) * overshoot - 1))
         if max_growth < math.inf:
             needed = min(needed, math.ceil(draws * max_growth))

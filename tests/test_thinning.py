@@ -70,14 +70,36 @@ def test_a_short_chain_is_continued_by_about_what_its_ess_says():
 def test_continuations_grow_geometrically_and_stop_at_max_draws():
     rng = np.random.default_rng(4)
     x = ar1(rng, 0.99, 2, 100)  # ESS per draw 0.005: far from enough
-    t = plan(x, AutoThinning(L=100, max_draws=4000))
-    assert t.extend == 200  # at most doubles the draws (MAX_GROWTH)
-    t = plan(x, AutoThinning(L=100, max_draws=150))
-    assert t.extend == 50  # never past max_draws
-    t = plan(x, AutoThinning(L=100, max_draws=100))
+    whole = {"give_up": math.inf}  # every continuation the limit allows
+    t = plan(x, AutoThinning(L=100, max_draws=4000), **whole)
+    assert t.extend == 50  # grows by at most half the draws (MAX_GROWTH)
+    t = plan(x, AutoThinning(L=100, max_draws=4000), max_growth=2.0, **whole)
+    assert t.extend == 200
+    t = plan(x, AutoThinning(L=100, max_draws=120), **whole)
+    assert t.extend == 20  # never past max_draws
+    t = plan(x, AutoThinning(L=100, max_draws=100), **whole)
     assert t.extend == 0 and kept(x, t).shape == (2, 50)  # at the limit: thinned as it is
     t = plan(x, AutoThinning(L=100), can_extend=False)
     assert t.extend == 0
+
+
+def test_a_fit_that_cannot_reach_the_target_within_4_x_max_draws_is_not_continued():
+    """GIVE_UP: the ESS so far projects the draws the target needs; beyond 4 x max_draws the
+    fit is thinned as it is (it would end below target after the dearest draws anyway)."""
+    rng = np.random.default_rng(5)
+    rule = AutoThinning(L=100, min_ess_per_draw=0.5, max_draws=500)  # target: ESS 50
+    x = ar1(rng, 0.9, 2, 200)  # ESS per draw 0.0526: about 21 now, 475 draws per chain needed
+    assert plan(x, rule).extend > 0
+    # 0.0005 per draw; 200 draws estimate an ESS of about 3 (far too high), so 3400 draws:
+    # more than 4 x 500
+    stuck = ar1(rng, 0.999, 2, 200)
+    t = plan(stuck, rule)
+    assert t.extend == 0 and t.ess < 50 and kept(stuck, t).shape == (2, 50)
+    assert plan(stuck, rule, give_up=math.inf).extend > 0  # without the rule: continued
+    # the projection is the draws x (target / ESS): exactly at 4 x max_draws it still continues
+    ess = np.array([50 * 200 / 2000])
+    assert plan_thinning(ess, ess, 2, 200, rule).extend > 0
+    assert plan_thinning(ess * 0.99, ess * 0.99, 2, 200, rule).extend == 0
 
 
 def test_a_quantity_without_an_ess_does_not_hold_the_fit_back():
@@ -89,10 +111,19 @@ def test_a_quantity_without_an_ess_does_not_hold_the_fit_back():
 
 
 @pytest.mark.parametrize("phi", [0.5, 0.9])
-def test_the_whole_loop_gives_near_independent_draws_and_uniform_ranks(phi):
+def test_the_whole_loop_gives_near_independent_draws_and_near_uniform_ranks(phi):
     """The runner's loop on AR(1) chains: look, continue each chain from its last draw, look
     again, thin. Over 1000 fits: the kept draws' ESS is about L, never far below the target,
-    and the ranks of a truth drawn from the posterior (N(0, 1)) are uniform."""
+    and the ranks of a truth drawn from the posterior (N(0, 1)) are centred and close to
+    uniform.
+
+    Not exactly uniform: a rule that stops when the estimated ESS is high stops more often
+    when the chains happen to agree, so the kept draws are a little narrower than the
+    posterior (a U-shape). Measured on these chains (L = 20, first look at 10 draws, 8000
+    fits): rank variance 1.09 (phi 0.5) and 1.12 (phi 0.9) times the uniform's, against
+    1.02 for a fixed stride with the same ESS, and 1.29 with min_ess_per_draw = 0.5 (1.05
+    fixed). The bound below (1.25; standard error 0.028 at 1000 fits, so 4 or more standard
+    errors above the measured values) fails a rule that tilts the ranks more than that."""
     rng = np.random.default_rng(6)
     rule = AutoThinning(L=20, min_ess_per_draw=1.0, max_draws=20_000)
     ranks, final, kept_ess, continued = [], [], [], 0
@@ -109,11 +140,11 @@ def test_the_whole_loop_gives_near_independent_draws_and_uniform_ranks(phi):
     assert min(final) >= 1.0  # every fit stopped at its target (none reached max_draws)
     # thinned to 20 draws whose chains had an ESS >= 20: the kept ones are near-independent
     assert np.median(kept_ess) > 0.8
-    # ranks 0..20 in 7 bins of 3: chi-square, 6 degrees of freedom; the 0.001 quantile is
-    # 22.46, so an honest rule fails this 1 time in 1000
-    counts = np.bincount(np.asarray(ranks) // 3, minlength=7)
-    chi2 = float(((counts - 1000 / 7) ** 2 / (1000 / 7)).sum())
-    assert chi2 < 22.46
+    r = np.asarray(ranks, dtype=float)
+    uniform_var = ((20 + 1) ** 2 - 1) / 12
+    # centred: the mean rank's standard error is sqrt(36.7 / 1000) = 0.19; 4 of them
+    assert abs(r.mean() - 10) < 4 * math.sqrt(uniform_var / 1000)
+    assert ((r - 10) ** 2).mean() / uniform_var < 1.25
 
 
 def test_settings_checks():

@@ -168,12 +168,13 @@ def diagnostics_summary(
 
 
 def auto_thinning_summary(
-    sims: pd.DataFrame, L: pd.Series, chains: float
+    sims: pd.DataFrame, L: pd.Series, chains: float, max_draws: float | None = None
 ) -> dict[str, float] | None:
     """How ``thin_ranks = "auto"`` went over a study's successful fits (None if it was not
     used): fits continued and how often, draws per chain (continuations included), the
     stride chosen, and the smallest bulk or tail ESS of the ranked quantities per kept draw
-    (``ess_ranked_min / L``: below 0.5 only for a fit that reached ``max_draws``)."""
+    (``ess_ranked_min / L``: below 0.5 only for a fit that reached ``max_draws``, or that
+    its ESS said could not reach the target: `sbc.thinning.GIVE_UP`)."""
     if "thin_every" not in sims:
         return None
     ok = sims[(sims["status"] == "ok") & sims["thin_every"].notna()]
@@ -197,6 +198,10 @@ def auto_thinning_summary(
         "ess_median": float(ess.median()),
         "ess_p10": float(ess.quantile(0.1)),
         "ess_below_half": int((ess < 0.5).sum()),
+        # below target before max_draws: the rule stopped them (nan: max_draws unknown)
+        "stopped_early": float(((ess < 0.5) & (draws < max_draws)).sum())
+        if max_draws is not None
+        else math.nan,
     }
 
 
@@ -213,3 +218,10 @@ def chains_of(manifest: Mapping) -> float:
     study = manifest.get("study", {}) if manifest else {}
     sampler = study.get("sampler") or {}
     return float(sampler.get("chains", 1) or 1)
+
+
+def max_draws_of(manifest: Mapping) -> float | None:
+    """``[thin_ranks_auto] max_draws`` of the study as run (None: not auto, or not said)."""
+    study = manifest.get("study", {}) if manifest else {}
+    value = (study.get("thin_ranks_auto") or {}).get("max_draws")
+    return float(value) if value is not None else None

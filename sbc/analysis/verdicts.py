@@ -156,6 +156,7 @@ class Calibration:
     pool: tuple[str, ...] = ()
     order: tuple[str, ...] | None = None
     chains: float = 1.0
+    max_draws: float | None = None  # thin_ranks = "auto"'s limit per chain, if used
     rules: tuple[diag.Rule, ...] = diag.DEFAULT_RULES
     labels: Mapping[str, str] = field(default_factory=dict)  # quantity -> the model's words
     _cache: dict = field(default_factory=dict, repr=False)
@@ -174,6 +175,7 @@ class Calibration:
             pool=tuple(results.pool if pool is None else pool),
             order=tuple(m["quantities"]) if m.get("quantities") else None,
             chains=diag.chains_of(m),
+            max_draws=diag.max_draws_of(m),
             rules=diag.rules_for(results.diagnostics),
             labels=results.labels,
         )
@@ -217,7 +219,9 @@ class Calibration:
         """How thin_ranks = "auto" went (`diagnostics.auto_thinning_summary`), or None."""
         return self._cached(
             "auto_thinning",
-            lambda: diag.auto_thinning_summary(self.simulations, self.kept_draws, self.chains),
+            lambda: diag.auto_thinning_summary(
+                self.simulations, self.kept_draws, self.chains, self.max_draws
+            ),
         )
 
     def flags(self) -> pd.DataFrame:
@@ -340,4 +344,5 @@ def calibrate(
         pool=tuple(pool),
         order=tuple(order) if order else None,
         chains=diag.chains_of(manifest or {}),
+        max_draws=diag.max_draws_of(manifest or {}),
     )

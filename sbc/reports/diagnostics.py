@@ -3,6 +3,7 @@ verdicts of flagged fits tested apart from the others (one split per rule)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -13,6 +14,7 @@ from sbc.analysis.verdicts import Calibration, SplitVerdicts
 from sbc.reports import html as h
 from sbc.reports.sections import fold_rows
 from sbc.results import StoredResults
+from sbc.thinning import GIVE_UP
 
 #: Distinct error messages listed for failed simulations.
 TOP_ERRORS = 5
@@ -111,19 +113,30 @@ def _auto_thinning(results: StoredResults, cal: Calibration) -> str:
          f"median {a['every_median']:.0f} (from {a['every_min']:.0f} to {a['every_max']:.0f})"],
         ["ESS per kept draw (ess_ranked_min / L)",
          f"median {a['ess_median']:.2f}, 10th percentile {a['ess_p10']:.2f}; below 0.5: "
-         f"{a['ess_below_half']} of {n}"],
+         f"{a['ess_below_half']} of {n}" + _stopped_early(a)],
     ]  # fmt: skip
     text = (
         f'thin_ranks = "auto": each fit keeps L = {L} draws, as far apart as its chains allow. '
         f"A fit whose ranked quantities had a bulk or tail ESS below {target} x L after the "
         f"planned draws was continued as the same Markov chains (adapted step size and metric, "
-        f"from their last draws) until they had, or until {cap} draws per chain. Only fits "
-        "that reached that limit keep draws with ESS / L below the target."
+        f"from their last draws) until they had, or until {cap} draws per chain. A fit whose "
+        f"ESS said that even {GIVE_UP:g} x {cap} draws would not reach the target was not "
+        "continued (a sampler stuck, in a funnel for instance: it would end below target "
+        "either way, after the dearest draws of the study). Only these fits and those that "
+        "reached the limit keep draws with ESS / L below the target; the diagnostics table "
+        "flags them."
     )
     return (
         f"<h3>Auto thinning</h3><p>{h.e(text)}</p>"
         + h.table(["", "value"], [[h.e(k), h.e(v)] for k, v in rows], css="compact auto")
     )
+
+
+def _stopped_early(a: dict) -> str:
+    stopped = a.get("stopped_early", math.nan)
+    if stopped != stopped or a["ess_below_half"] == 0:
+        return ""
+    return f" ({stopped:.0f} not continued: their ESS said the limit would not do)"
 
 
 def _failures(sims: pd.DataFrame) -> str:

@@ -82,3 +82,19 @@ def test_cmdstan_declarations_give_the_rules_older_results_are_judged_by():
 
     assert key(dg.rules_for(DIAGNOSTICS)) == key(dg.DEFAULT_RULES)
     assert dg.rules_for(None) == dg.DEFAULT_RULES
+
+
+def test_auto_thinning_summary_tells_fits_stopped_early_from_fits_at_the_limit():
+    """Below-target fits are of two kinds: at max_draws, or not continued because their ESS
+    projected more than GIVE_UP x max_draws (sbc.thinning); the summary counts the second."""
+    sims = pd.DataFrame({
+        "sim": range(4), "status": "ok", "thin_every": [5, 8, 40, 6],
+        "extensions": [0, 1, 3, 0], "n_draws": [500, 800, 4000, 600],
+        "ess_ranked_min": [80.0, 60.0, 20.0, 3.0],  # L = 100: the last two are below 0.5 L
+    })  # fmt: skip
+    L = pd.Series(100.0, index=sims.index)
+    a = dg.auto_thinning_summary(sims, L, chains=1.0, max_draws=4000)
+    assert a["ess_below_half"] == 2 and a["stopped_early"] == 1  # sim 3; sim 2 is at the limit
+    manifest = {"study": {"thin_ranks_auto": {"max_draws": 4000}, "sampler": {"chains": 1}}}
+    assert dg.max_draws_of(manifest) == 4000 and dg.max_draws_of({}) is None
+    assert math.isnan(dg.auto_thinning_summary(sims, L, chains=1.0)["stopped_early"])

@@ -1,0 +1,103 @@
+"""How far auto thinning's stopping rule tilts the ranks, on chains whose posterior is exact.
+
+    python benchmarks/autothin_ranks.py            # 8 x 1000 fits per row (about 4 min)
+    python benchmarks/autothin_ranks.py --fits 2000
+
+Each fit is 2 AR(1) chains with N(0, 1) margins (tests/test_thinning.py's), the truth an
+independent N(0, 1) draw, so its rank among L = 20 kept draws is uniform on 0..20 exactly
+when the kept draws are independent posterior draws. A rule that continues the chains
+while their estimated ESS is below target stops more often when the chains happen to
+agree, which leaves kept draws a little narrower than the posterior: ranks too often at
+the extremes (a U-shape). Printed per row: the rank variance over the uniform's (1 =
+uniform; standard error about 0.03 / sqrt(fits / 1000)), the share of ranks in the two
+outer bins of three (uniform: 6/21 = 0.286), and the draws per chain. The fixed-stride rows
+keep the same L from chains of fixed length with the same ESS, so the difference between
+a rule's row and its fixed row is what reading the draws costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _common import banner, cores, table
+from test_thinning import ar1, plan
+
+from sbc.ranks import rank_of_truth
+from sbc.thinning import AutoThinning, kept
+
+L, PHI, FIRST = 20, 0.9, 10
+
+
+def ranks_of(seed: int, fits: int, ratio: float, rule: dict | None, fixed: int) -> tuple:
+    """Ranks of `fits` fits: auto thinning with `rule`'s constants (None: a fixed stride on
+    `fixed` draws per chain), and the mean draws per chain."""
+    rng = np.random.default_rng(seed)
+    auto = AutoThinning(L=L, min_ess_per_draw=ratio, max_draws=20_000)
+    ranks, draws = [], []
+    for _ in range(fits):
+        if rule is None:
+            x = ar1(rng, PHI, 2, fixed)
+            every = fixed // (L // 2)
+            k = x[:, fixed - 1 - (L // 2 - 1) * every :: every]
+        else:
+            x = ar1(rng, PHI, 2, FIRST)
+            while (t := plan(x, auto, **rule)).extend:
+                x = np.concatenate([x, ar1(rng, PHI, 2, t.extend, start=x[:, -1])], axis=1)
+            k = kept(x, t)
+        ranks.append(int(rank_of_truth(rng.normal(size=1), k.reshape(-1, 1), rng)[0]))
+        draws.append(x.shape[1])
+    return np.asarray(ranks, dtype=float), float(np.mean(draws))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fits", type=int, default=1000, help="fits per seed")
+    ap.add_argument("--seeds", type=int, default=8, help="seeds per row (from 6)")
+    args = ap.parse_args()
+    banner("auto thinning: the stopping rule's tilt of the ranks (AR(1), exact)", "full")
+    per_draw = (1 - PHI) / (1 + PHI)  # ESS per draw of the AR(1) chains
+    old = {"max_growth": 2.0, "give_up": math.inf}
+    rows_in = []
+    for ratio in (1.0, 0.5):
+        n = math.ceil(ratio * L / (2 * per_draw))  # draws per chain for ESS = ratio x L
+        rows_in += [
+            (f"auto, ESS >= {ratio:g} L, the rule now", ratio, {}, 0),
+            (f"auto, ESS >= {ratio:g} L, the rule before (growth x3, no give-up)", ratio, old, 0),
+            (f"fixed stride, {n} draws per chain (ESS {ratio:g} L)", ratio, None, n),
+        ]
+    rows = []
+    uniform_var = ((L + 1) ** 2 - 1) / 12
+    for label, ratio, rule, fixed in rows_in:
+        jobs = (delayed(ranks_of)(s, args.fits, ratio, rule, fixed)
+                for s in range(6, 6 + args.seeds))  # fmt: skip
+        out = Parallel(n_jobs=cores())(jobs)
+        r = np.concatenate([o[0] for o in out])
+        rows.append({
+            "rows": label, "fits": len(r),
+            "var": float(((r - L / 2) ** 2).mean() / uniform_var),
+            "outer": float(np.mean((r < 3) | (r >= L - 2))),
+            "draws": float(np.mean([o[1] for o in out])),
+        })  # fmt: skip
+        print(f"  {label}: done", flush=True)
+    print()
+    print(table(rows, [
+        ("rows", "rule", ""), ("fits", "fits", "{}"),
+        ("var", "rank variance / uniform", "{:.3f}"),
+        ("outer", f"ranks in the outer 6 of {L + 1}", "{:.3f}"),
+        ("draws", "draws per chain", "{:.0f}"),
+    ], title=f"Ranks among L = {L} kept draws, AR(1) phi = {PHI}, 2 chains, first look at "
+             f"{FIRST} draws (uniform: variance 1, outer share {6 / (L + 1):.3f})"))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
