@@ -136,7 +136,7 @@ def _stopped_early(a: dict) -> str:
     stopped = a.get("stopped_early", math.nan)
     if stopped != stopped or a["ess_below_half"] == 0:
         return ""
-    return f" ({stopped:.0f} not continued: their ESS said the limit would not do)"
+    return f" ({stopped:.0f} not continued: their ESS projected more than {GIVE_UP:g} x the limit)"
 
 
 def _failures(sims: pd.DataFrame) -> str:
