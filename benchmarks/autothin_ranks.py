@@ -45,9 +45,8 @@ def ranks_of(seed: int, fits: int, ratio: float, rule: dict | None, fixed: int) 
     ranks, draws = [], []
     for _ in range(fits):
         if rule is None:
-            x = ar1(rng, PHI, 2, fixed)
-            every = fixed // (L // 2)
-            k = x[:, fixed - 1 - (L // 2 - 1) * every :: every]
+            x = ar1(rng, PHI, 2, fixed)  # the stride auto thinning would keep, never extended
+            k = kept(x, plan(x, auto, can_extend=False))
         else:
             x = ar1(rng, PHI, 2, FIRST)
             while (t := plan(x, auto, **rule)).extend:

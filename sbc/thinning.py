@@ -111,9 +111,10 @@ def plan_thinning(
     ess = float(np.nanmin(values)) if np.isfinite(values).any() else math.nan
     want = rule.min_ess_per_draw * keep * chains
     room = rule.max_draws - draws
-    hopeless = draws * want / max(ess, 1e-9) > give_up * rule.max_draws
+    projected = draws * want / max(ess, 1e-9)  # draws per chain the target needs, at this rate
+    hopeless = projected > give_up * rule.max_draws
     if can_extend and room > 0 and ess == ess and ess < want and not hopeless:
-        needed = math.ceil(draws * (want / max(ess, 1e-9) * overshoot - 1))
+        needed = math.ceil(projected * overshoot - draws)
         if max_growth < math.inf:
             needed = min(needed, math.ceil(draws * max_growth))
         extend = min(room, max(needed, math.ceil(draws * min_growth), 1))

@@ -134,7 +134,7 @@ def _auto_thinning(results: StoredResults, cal: Calibration) -> str:
 
 def _stopped_early(a: dict) -> str:
     stopped = a.get("stopped_early", math.nan)
-    if stopped != stopped or a["ess_below_half"] == 0:
+    if not stopped > 0:  # none, or max_draws unknown (NaN)
         return ""
     return f" ({stopped:.0f} not continued: their ESS projected more than {GIVE_UP:g} x the limit)"
 
