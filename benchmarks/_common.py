@@ -104,9 +104,10 @@ def write_study(
     base: str = "lmm_sbc.toml",
     *,
     sims: int | None = None,
-    **sampler: int | float,
+    **sampler: int | float | str,
 ) -> Path:
-    """A copy of a shipped study with its own name, absolute paths and sampler settings."""
+    """A copy of a shipped study with its own name, absolute paths and sampler settings (a
+    setting the study does not have is added to its [backend] or [sampler] table)."""
     text = (STUDIES / base).read_text()
     text = re.sub(r'^name = ".*"', f'name = "{name}"', text, count=1, flags=re.M)
 
@@ -117,16 +118,18 @@ def write_study(
     if sims is not None:
         text = re.sub(r"^sims = \d+", f"sims = {sims}", text, count=1, flags=re.M)
     for key, value in sampler.items():
+        toml = f'"{value}"' if isinstance(value, str) else value
         # sbc 0.1's [sampler] names, or what a study in cmdstanpy's names calls them
         for spelling in (key, _NEW_NAMES.get(key, key)):
-            pattern = rf"^{spelling} = [0-9.eE+-]+"
+            pattern = rf"^{spelling} = (\"[^\"]*\"|[0-9.eE+-]+)"
             if re.search(pattern, text, flags=re.M):
-                text = re.sub(pattern, f"{spelling} = {value}", text, count=1, flags=re.M)
+                text = re.sub(pattern, f"{spelling} = {toml}", text, count=1, flags=re.M)
                 break
         else:
-            if "[sampler]\n" not in text:
+            table = re.search(r"^\[(sampler|backend)\][^\n]*\n", text, flags=re.M)
+            if table is None:
                 raise ValueError(f"{base}: no setting {key!r} to change")
-            text = text.replace("[sampler]\n", f"[sampler]\n{key} = {value}\n", 1)
+            text = f"{text[: table.end()]}{key} = {toml}\n{text[table.end() :]}"
     path = dest / f"{name}.toml"
     path.write_text(text)
     return path

@@ -130,7 +130,12 @@ def _outcome(c: Collected, n: int, kept: int, extensions: int, capped: bool) -> 
 
     worst = []
     for x in (c.ranked[:, :, :n], c.params[:, :, :n]):
-        worst += [np.nanmin(ess_bulk(x)), np.nanmin(ess_tail(x))]
+        if not len(x):  # no parameter varies: the chain never moved
+            worst += [0.0, 0.0]
+            continue
+        for ess in (ess_bulk(x), ess_tail(x)):
+            # NaN everywhere: draws that never moved (a stuck chain), as bad as ESS 0
+            worst.append(float(np.nanmin(ess)) if np.isfinite(ess).any() else 0.0)
     return {
         "draws": n,
         "extensions": extensions,
@@ -139,5 +144,6 @@ def _outcome(c: Collected, n: int, kept: int, extensions: int, capped: bool) -> 
         "ess_per_draw": float(np.nanmin(worst)) / kept,
         "ess_ranked": float(min(worst[:2])) / kept,
         "divergent": bool(c.divergent[:n].sum() > 0),
+        "divergent_share": float(c.divergent[:n].sum() / (n * c.ranked.shape[1])),
         "capped": capped,
     }

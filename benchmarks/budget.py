@@ -13,7 +13,10 @@ chain, then thinned to L; R defaults to 0.5 and MAX to 4000):
 
     2x250+500/10     the shipped fixed budget (studies/lmm_sbc.toml)
     2x150+100/auto   auto thinning from 100 draws per chain after 150 warm-up iterations
-    ...
+    1x300+200/auto,a0.99,dense
+                     ... with adapt_delta 0.99 and a dense metric (lmm_sbc_auto.toml)
+
+(`,aDELTA` sets adapt_delta, lmm_sbc.toml's 0.9 otherwise; `,dense` the metric dense_e.)
 
 Studies mode: study files as they are (`--broken` adds, for each, the same study with the
 Stan program swapped for stan/lmm_broken_tau.stan: the deliberately wrong prior on tau,
@@ -26,6 +29,9 @@ exact), costed in gradient evaluations; a setting may add the extension rule's c
 triples the draws, a fit is continued whatever its ESS projects; g0 and u0: no limit):
 
     python benchmarks/budget.py --replay --sims 60 --cache /tmp/budget-cache
+
+The long fits are cached per (chains, warm-up, adapt_delta, metric), in folders named after
+them (1x300+4000-a0.99-dense).
 
 Per setting or study: CPU seconds per simulation of the whole `sbc run` process tree (wait4:
 load-independent, unlike wall time) and simulations per CPU-hour; CmdStan's own seconds
@@ -76,41 +82,58 @@ QUALITY = 0.95
 BROKEN = ROOT / "stan" / "lmm_broken_tau.stan"
 
 
+#: A setting's options: ``,oN ,gN ,uN`` are auto thinning's rule constants (replay only;
+#: 0: no limit), ``,aN`` the sampler's adapt_delta and ``,dense`` its dense metric.
+RULE_OPTIONS = {"o": "overshoot", "g": "max_growth", "u": "give_up"}
+
+
 def parse_setting(text: str) -> dict:
-    pattern = r"(\d+)x(\d+)\+(\d+)/(\d+|auto(?::([\d.]+))?(?::(\d+))?)((?:,[ogu][\d.]+)*)"
+    pattern = (r"(\d+)x(\d+)\+(\d+)/(\d+|auto(?::([\d.]+))?(?::(\d+))?)"
+               r"((?:,(?:[ogua][\d.]+|dense))*)")  # fmt: skip
     m = re.fullmatch(pattern, text.replace(" ", ""))
     if not m:
         raise SystemExit(
-            f"setting {text!r}: expected CHAINSxWARMUP+DRAWS/THIN or .../auto[:R[:MAX]], "
-            "e.g. 2x500+500/10 or 2x150+100/auto:0.5"
+            f"setting {text!r}: expected CHAINSxWARMUP+DRAWS/THIN or .../auto[:R[:MAX]], then "
+            "options ,aDELTA ,dense (and for auto ,oN ,gN ,uN), e.g. 2x500+500/10 or "
+            "1x300+200/auto:0.5,a0.99,dense"
         )
     chains, warmup, draws = map(int, m.groups()[:3])
-    s: dict = {"chains": chains, "warmup": warmup, "draws": draws}
+    s: dict = {"chains": chains, "warmup": warmup, "draws": draws, "sampler": {}, "rule": {}}
+    for option in filter(None, m.group(7).split(",")):
+        if option == "dense":
+            s["sampler"]["metric"] = "dense_e"
+        elif option[0] == "a":
+            s["sampler"]["adapt_delta"] = float(option[1:])
+        else:  # 0: no limit
+            s["rule"][RULE_OPTIONS[option[0]]] = float(option[1:]) or float("inf")
     if m.group(4).startswith("auto"):
         s["auto"] = {
             "min_ess_per_draw": float(m.group(5) or 0.5),
             "max_draws": int(m.group(6) or 4000),
         }
-        names = {"o": "overshoot", "g": "max_growth", "u": "give_up"}
-        rule = {names[x[0]]: float(x[1:]) for x in m.group(7).split(",") if x}
-        for name in ("max_growth", "give_up"):  # 0: no limit
-            if rule.get(name) == 0:
-                rule[name] = float("inf")
-        s["rule"] = rule
     else:
+        if s["rule"]:
+            raise SystemExit(f"setting {text!r}: ,o ,g and ,u are auto thinning's")
         s["thin"] = int(m.group(4))
     return s
+
+
+def sampler_options(sampler: dict) -> str:
+    """`parse_setting`'s sampler options, written back: ',a0.99,dense'."""
+    delta = sampler.get("adapt_delta")
+    return (f",a{delta:g}" if delta else "") + (",dense" if "metric" in sampler else "")
 
 
 def setting_study(dest: Path, name: str, text: str, sims: int) -> Path:
     """studies/lmm_sbc.toml with one setting's sampler and thinning."""
     s = parse_setting(text)
     auto = s.pop("auto", None)
-    if s.pop("rule", None):
-        raise SystemExit(f"setting {text!r}: the rule's constants (,o / ,g) are for --replay")
+    if s.pop("rule"):
+        raise SystemExit(f"setting {text!r}: the rule's constants (,o ,g ,u) are for --replay")
+    sampler = s.pop("sampler")
     if auto is None:
-        return write_study(dest, name, sims=sims, **s)
-    path = write_study(dest, name, sims=sims, **s, thin=10)
+        return write_study(dest, name, sims=sims, **s, **sampler)
+    path = write_study(dest, name, sims=sims, **s, **sampler, thin=10)
     body = re.sub(r"^thin_ranks = .*$", 'thin_ranks = "auto"', path.read_text(), flags=re.M)
     table_ = "".join(f"{k} = {v}\n" for k, v in auto.items())
     body = body.replace("\n[simulator]", f"\n[thin_ranks_auto]\n{table_}\n[simulator]", 1)
@@ -282,21 +305,22 @@ def replay_main(args, sims: int, work: Path) -> int:
     from _replay import collect, replay_auto, replay_fixed
 
     settings = {t: parse_setting(t) for t in args.settings}
-    configs = sorted({(s["chains"], s["warmup"]) for s in settings.values()})
+    key = lambda s: (s["chains"], s["warmup"], sampler_options(s["sampler"]))  # noqa: E731
     cache = Path(args.cache) if args.cache else work / "cache"
-    chains_of: dict[tuple[int, int], list] = {}
-    for chains, warmup in configs:
-        study = setting_study(work, f"long{chains}x{warmup}", f"{chains}x{warmup}+100/1", sims)
+    chains_of: dict[tuple[int, int, str], list] = {}
+    for chains, warmup, options in sorted({key(s) for s in settings.values()}):
+        long = f"{chains}x{warmup}+100/1{options}"
+        study = setting_study(work, f"long{len(chains_of)}", long, sims)
         # as many draws in all as 2 chains of --replay-draws (1 chain: as many per chain)
         draws = args.replay_draws * 2 // max(chains, 2)
-        folder = cache / f"{chains}x{warmup}+{draws}"
-        print(f"  long fits {chains} x ({warmup} + {draws}): {folder}", flush=True)
-        chains_of[(chains, warmup)] = collect(study, sims, draws, args.workers, folder)
+        folder = cache / f"{chains}x{warmup}+{draws}{options.replace(',', '-')}"
+        print(f"  long fits {chains} x ({warmup} + {draws}){options}: {folder}", flush=True)
+        chains_of[(chains, warmup, options)] = collect(study, sims, draws, args.workers, folder)
     rows = []
     for text, s in settings.items():
-        fits = chains_of[(s["chains"], s["warmup"])]
+        fits = chains_of[key(s)]
         if "auto" in s:
-            out = [replay_auto(c, s["draws"], 100, **s["auto"], **s.get("rule", {})) for c in fits]
+            out = [replay_auto(c, s["draws"], 100, **s["auto"], **s["rule"]) for c in fits]
         else:
             out = [replay_fixed(c, s["draws"], s["thin"]) for c in fits]
         col = lambda k, out=out: np.array([o[k] for o in out], dtype=float)  # noqa: E731
@@ -310,6 +334,8 @@ def replay_main(args, sims: int, work: Path) -> int:
             "ess_med": np.median(col("ess_per_draw")),
             "ess_p5": np.percentile(col("ess_per_draw"), 5), "capped": np.mean(col("capped")),
             "div": np.mean(col("divergent")),
+            "div_rate": 1000 * col("divergent_share").mean(),
+            "div_1pc": np.mean(col("divergent_share") > 0.01),
         })  # fmt: skip
     for r in rows:
         r["rel"] = r["grads"] / rows[0]["grads"]
@@ -328,6 +354,7 @@ def replay_main(args, sims: int, work: Path) -> int:
         ("ranked_ok", "ranked only", "{:.1%}"), ("ess_med", "ESS/L median", "{:.2f}"),
         ("ess_p5", "5th pct", "{:.2f}"), ("capped", "at max_draws", "{:.0%}"),
         ("div", "divergent fits", "{:.0%}"),
+        ("div_1pc", "> 1 % divergent", "{:.1%}"), ("div_rate", "divergent per 1000", "{:.1f}"),
     ], title="Replayed quality (ESS/L: the worst bulk or tail ESS of every parameter and "
              "every ranked quantity, / L)"))  # fmt: skip
     print(f"\nload average at the end: {load_str()}")
@@ -339,7 +366,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="8 simulations per setting")
     ap.add_argument("--sims", type=int, help="simulations per setting or study")
     ap.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS),
-                    help="CHAINSxWARMUP+DRAWS/THIN or .../auto[:R[:MAX]] ...")  # fmt: skip
+                    help="CHAINSxWARMUP+DRAWS/THIN or .../auto[:R[:MAX]], then options "
+                         ",aDELTA ,dense (auto: ,oN ,gN ,uN)")  # fmt: skip
     ap.add_argument("--studies", nargs="+", type=Path, help="study files to compare instead")
     ap.add_argument("--replay", action="store_true", help="replay the settings on long chains")
     ap.add_argument("--replay-draws", type=int, default=2000, help="draws per chain of a long fit")

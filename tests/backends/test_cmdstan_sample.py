@@ -150,13 +150,14 @@ model { x ~ multi_normal([0, 0]', [[1, 0.995], [0.995, 1]]); }
 
 
 @pytest.mark.stan
-def test_a_continued_fit_continues_each_chain(cmdstan, tmp_path):
+@pytest.mark.parametrize("metric", [None, "dense_e"])  # dense: lmm_sbc_auto.toml's
+def test_a_continued_fit_continues_each_chain(cmdstan, tmp_path, metric):
     stan = tmp_path / "correlated.stan"
     stan.write_text(CORRELATED)
     raw = {
         "name": "c", "stan": str(stan), "thin_ranks": "auto", "thin_ranks_auto": {"L": 40},
         "backend": {"type": "cmdstan", "chains": 8, "iter_warmup": 300, "iter_sampling": 100,
-                    "max_treedepth": 3},
+                    "max_treedepth": 3, **({"metric": metric} if metric else {})},
         "simulator": {"function": "sbc.simulators.normal:simulate"},
     }  # fmt: skip
     backend = make_backend(parse_study(raw, tmp_path / "c.toml"), cores=2)
@@ -174,6 +175,8 @@ def test_a_continued_fit_continues_each_chain(cmdstan, tmp_path):
     assert (config["num_warmup"], config["engaged"], config["num_samples"]) == (0, 0, 60)
     assert config["seed"] == 77 and config["sig_figs"] == 18
     assert np.array_equal(again.step_size, first.step_size)
+    assert again.metric_type == first.metric_type == (metric or "diag_e")
+    assert again.inv_metric.shape == ((8, 2, 2) if metric == "dense_e" else (8, 2))
     assert np.allclose(again.inv_metric, first.inv_metric, rtol=1e-12)
 
     # ... from each chain's last draw: its first new draw is already a posterior draw (the
