@@ -83,7 +83,7 @@ BROKEN = ROOT / "stan" / "lmm_broken_tau.stan"
 
 
 #: A setting's options: ``,oN ,gN ,uN`` are auto thinning's rule constants (replay only;
-#: 0: no limit), ``,aN`` the sampler's adapt_delta and ``,dense`` its dense metric.
+#: g0 and u0: no limit), ``,aN`` the sampler's adapt_delta and ``,dense`` its dense metric.
 RULE_OPTIONS = {"o": "overshoot", "g": "max_growth", "u": "give_up"}
 
 
@@ -104,8 +104,10 @@ def parse_setting(text: str) -> dict:
             s["sampler"]["metric"] = "dense_e"
         elif option[0] == "a":
             s["sampler"]["adapt_delta"] = float(option[1:])
-        else:  # 0: no limit
-            s["rule"][RULE_OPTIONS[option[0]]] = float(option[1:]) or float("inf")
+        else:
+            name, value = RULE_OPTIONS[option[0]], float(option[1:])
+            no_limit = value == 0 and name in ("max_growth", "give_up")
+            s["rule"][name] = float("inf") if no_limit else value
     if m.group(4).startswith("auto"):
         s["auto"] = {
             "min_ess_per_draw": float(m.group(5) or 0.5),
