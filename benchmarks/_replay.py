@@ -130,11 +130,8 @@ def _outcome(c: Collected, n: int, kept: int, extensions: int, capped: bool) -> 
 
     worst = []
     for x in (c.ranked[:, :, :n], c.params[:, :, :n]):
-        if not len(x):  # no parameter varies: the chain never moved
-            worst += [0.0, 0.0]
-            continue
         for ess in (ess_bulk(x), ess_tail(x)):
-            # NaN everywhere: draws that never moved (a stuck chain), as bad as ESS 0
+            # none (no parameter varies: a chain that never moved) or NaN only: as bad as 0
             worst.append(float(np.nanmin(ess)) if np.isfinite(ess).any() else 0.0)
     return {
         "draws": n,

@@ -215,13 +215,16 @@ def rule_named(column: str, rules: Sequence[Rule] = DEFAULT_RULES) -> Rule:
 
 def chains_of(manifest: Mapping) -> float:
     """Chains per fit, from the study as run (1 if it does not say)."""
-    study = manifest.get("study", {}) if manifest else {}
-    sampler = study.get("sampler") or {}
-    return float(sampler.get("chains", 1) or 1)
+    return float(_study_table(manifest, "sampler").get("chains", 1) or 1)
 
 
 def max_draws_of(manifest: Mapping) -> float | None:
     """``[thin_ranks_auto] max_draws`` of the study as run (None: not auto, or not said)."""
-    study = manifest.get("study", {}) if manifest else {}
-    value = (study.get("thin_ranks_auto") or {}).get("max_draws")
+    value = _study_table(manifest, "thin_ranks_auto").get("max_draws")
     return float(value) if value is not None else None
+
+
+def _study_table(manifest: Mapping, name: str) -> Mapping:
+    """A table of the study as run, from the results' manifest ({} if it has none)."""
+    study = manifest.get("study", {}) if manifest else {}
+    return study.get(name) or {}

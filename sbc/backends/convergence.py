@@ -79,7 +79,7 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
 
 def _z_scale(x: np.ndarray) -> np.ndarray:
     """Normal scores of each parameter's average ranks over all its draws (Blom's c = 3/8)."""
-    flat = x.reshape(len(x), -1)
+    flat = _flat(x)
     size = flat.shape[1]
     return ndtri((_average_ranks(flat) - 3 / 8) / (size - 2 * 3 / 8 + 1)).reshape(x.shape)
 
@@ -105,13 +105,13 @@ def _average_ranks(a: np.ndarray) -> np.ndarray:
 def _rhat_rank(split: np.ndarray, z: np.ndarray) -> np.ndarray:
     """The larger of the R-hats of the split chains' normal scores `z` and of their folded
     (distance from the median) normal scores."""
-    median = np.median(split.reshape(len(split), -1), axis=1)
+    median = np.median(_flat(split), axis=1)
     folded = _z_scale(np.abs(split - median[:, None, None]))
     return np.maximum(_rhat_basic(z), _rhat_basic(folded))
 
 
 def _ess_tail(x: np.ndarray, prob: float) -> np.ndarray:
-    flat = x.reshape(len(x), -1)
+    flat = _flat(x)
     low, high = (
         _ess(_split_chains(x <= np.quantile(flat, p, axis=1)[:, None, None]).astype(float))
         for p in (prob, 1 - prob)
@@ -160,9 +160,14 @@ def _ess(x: np.ndarray) -> np.ndarray:
     tau = -1.0 + 2.0 * np.where(kept, monotone, 0.0).sum(axis=1) + tail
     tau = np.maximum(tau, 1 / np.log10(C * n))
     ess = C * n / tau
-    flat = x.reshape(P, -1)
+    flat = _flat(x)
     constant = np.ptp(flat, axis=1) < np.finfo(float).resolution
     return np.where(constant, float(C * n), ess)
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    """(P, C, n) -> (P, C x n); also for P = 0, where reshape(P, -1) cannot infer C x n."""
+    return x.reshape(len(x), x.shape[1] * x.shape[2])
 
 
 def _nan_where_nan(x: np.ndarray, values: np.ndarray) -> np.ndarray:

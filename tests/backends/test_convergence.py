@@ -64,6 +64,14 @@ def test_too_few_draws_or_chains_give_nan():
     assert np.isnan(convergence.rhat(x[:, :1, :])).all()
 
 
+def test_no_parameters_give_empty_diagnostics():
+    """(0, chains, draws): a fit none of whose parameters varies (benchmarks/_replay.py)."""
+    x = np.empty((0, 2, 100))
+    for f in (convergence.rhat, convergence.ess_bulk, convergence.ess_tail):
+        assert f(x).shape == (0,)
+    assert [v.shape for v in convergence.convergence(x)] == [(0,), (0,), (0,)]
+
+
 def test_ebfmi_equals_arviz_stats():
     energy = _ar1(np.random.default_rng(2), 1, 4, 300)[0]
     np.testing.assert_allclose(convergence.ebfmi(energy), array_stats.bfmi(energy), rtol=1e-12)
